@@ -1,0 +1,25 @@
+"""labkit: the few helpers several labs share.
+
+Only what more than one lab needs lives here: loading a lab module by path
+(:mod:`labkit.loader`), the dataset registry (:mod:`labkit.data`), seeding
+(:mod:`labkit.seed`), timing (:mod:`labkit.timing`), PNG plots (:mod:`labkit.plots`) and
+offline tiktoken (:mod:`labkit.tiktoken_offline`). Everything a lab *teaches* lives in that
+lab's own folder. Importing ``labkit`` pulls in the standard library only; the plotting
+and tiktoken helpers import their libraries when first used.
+"""
+from labkit.data import DataError, dataset_path, read_text
+from labkit.loader import REPO_ROOT, load_lab, resolve_lab
+from labkit.seed import seed_everything
+from labkit.timing import Timing, benchmark
+
+__all__ = [
+    "REPO_ROOT",
+    "DataError",
+    "Timing",
+    "benchmark",
+    "dataset_path",
+    "load_lab",
+    "read_text",
+    "resolve_lab",
+    "seed_everything",
+]

@@ -1,0 +1,121 @@
+"""Tests of labkit itself: the lab generator, the loader, the dataset registry, timing."""
+from __future__ import annotations
+
+import hashlib
+import os
+import textwrap
+
+import pytest
+
+from labkit import data, labgen, loader, timing
+
+SOLUTION = textwrap.dedent('''\
+    import math
+
+
+    def area(r: float) -> float:
+        """Area of a circle."""
+        if r < 0:
+            raise ValueError("negative radius")
+        # BEGIN SOLUTION pi r squared (easy, ~2 min)
+        return math.pi * r * r
+        # END SOLUTION
+
+
+    class Box:
+        def volume(self, a, b, c):
+            # BEGIN SOLUTION multiply the sides
+            v = a * b
+            return v * c
+            # END SOLUTION
+    ''')
+
+
+def test_labgen_replaces_each_fence_with_a_numbered_todo():
+    out = labgen.make_lab_source(SOLUTION)
+    assert 'raise NotImplementedError("TODO(1)")' in out and 'raise NotImplementedError("TODO(2)")' in out
+    assert "# TODO(1): pi r squared (easy, ~2 min)" in out
+    assert "\n        # TODO(2): multiply the sides" in out, "the TODO keeps the fence's indentation"
+    assert "math.pi * r * r" not in out and "v * c" not in out, "solution code must not leak"
+    assert 'raise ValueError("negative radius")' in out, "code outside fences is copied verbatim"
+    assert labgen.todo_hints(out) == {1: "pi r squared (easy, ~2 min)", 2: "multiply the sides"}
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("def f():\n    # BEGIN SOLUTION\n    return 1\n", "never closed"),
+    ("def f():\n    # END SOLUTION\n", "without BEGIN"),
+    ("# BEGIN SOLUTION\nx = 1\n# END SOLUTION\n", "module level"),
+    ("def f():\n    # BEGIN SOLUTION\n    # END SOLUTION\n", "empty fence"),
+    ("def f():\n    return 1\n", "no '# BEGIN SOLUTION'"),
+])
+def test_labgen_rejects_malformed_fences(bad, why):
+    with pytest.raises(labgen.FenceError, match=why):
+        labgen.make_lab_source(bad)
+
+
+def test_generated_lab_imports_and_raises_todo(tmp_path):
+    (tmp_path / "lab.py").write_text(labgen.make_lab_source(SOLUTION), encoding="utf-8")
+    mod = loader.load_lab(tmp_path / "lab.py")
+    with pytest.raises(NotImplementedError, match=r"TODO\(1\)"):
+        mod.area(1.0)
+    with pytest.raises(ValueError):
+        mod.area(-1.0)
+
+
+def test_resolve_lab_short_forms(tmp_path):
+    lab = tmp_path / "phase-01-foundations-text" / "lab-02-tfidf-search"
+    lab.mkdir(parents=True)
+    (tmp_path / "phase-01-foundations-text" / "lab-01-tokenization").mkdir()
+    assert loader.resolve_lab("1.2", root=tmp_path) == lab.resolve()
+    assert loader.resolve_lab("phase-01/lab-02", root=tmp_path) == lab.resolve()
+    assert loader.resolve_lab("phase-01-foundations-text/lab-02-tfidf-search", root=tmp_path) == lab.resolve()
+    with pytest.raises(FileNotFoundError, match="no lab matches"):
+        loader.resolve_lab("1.9", root=tmp_path)
+
+
+@pytest.fixture
+def fake_registry(monkeypatch, tmp_path):
+    payload = b"hello data\n"
+    entry = {"toy": {"license": "CC0", "files": {"a.txt": {
+        "url": None, "sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload), "source": "test"}}}}
+    monkeypatch.setattr(data, "registry", lambda: entry)
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(data.MIRROR_ENV, str(tmp_path / "mirror"))
+    data._VERIFIED.clear()
+    return tmp_path, payload
+
+
+def test_registry_prefers_mirror_then_cache(fake_registry):
+    tmp, payload = fake_registry
+    (tmp / "cache" / "data" / "toy").mkdir(parents=True)
+    (tmp / "cache" / "data" / "toy" / "a.txt").write_bytes(payload)
+    assert data.dataset_path("toy", "a.txt") == tmp / "cache" / "data" / "toy" / "a.txt"
+    (tmp / "mirror" / "toy").mkdir(parents=True)
+    (tmp / "mirror" / "toy" / "a.txt").write_bytes(payload)
+    assert data.dataset_path("toy", "a.txt") == tmp / "mirror" / "toy" / "a.txt"
+
+
+def test_registry_errors_name_the_file(fake_registry):
+    tmp, _ = fake_registry
+    with pytest.raises(data.DataError, match=r"toy/a.txt not found"):
+        data.dataset_path("toy", "a.txt")
+    with pytest.raises(data.DataError, match="unknown dataset"):
+        data.dataset_path("nope", "a.txt")
+    (tmp / "mirror" / "toy").mkdir(parents=True)
+    (tmp / "mirror" / "toy" / "a.txt").write_bytes(b"tampered\n")
+    with pytest.raises(data.DataError, match="corrupt"):
+        data.dataset_path("toy", "a.txt")
+
+
+@pytest.mark.skipif(not os.environ.get(data.MIRROR_ENV), reason="needs the data mirror")
+def test_real_registry_entry_matches_mirror():
+    path = data.dataset_path("tinyshakespeare", "input.txt")
+    assert path.stat().st_size == 1115394
+
+
+def test_timing_stats():
+    t = timing.Timing("x", [3.0, 1.0, 2.0])
+    assert (t.min, t.median, t.percentile(50), t.percentile(100)) == (1.0, 2.0, 2.0, 3.0)
+    assert timing.Timing("y", [4.0]).ratio(timing.Timing("z", [8.0])) == 2.0
+    with pytest.raises(ValueError):
+        timing.benchmark(lambda: None, repeats=0)
