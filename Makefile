@@ -18,7 +18,7 @@ export MPLBACKEND := Agg
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-LAB_DIR = $(shell $(PYTHON) -m labkit.loader "$(LAB)")
+LAB_DIR = $(shell $(PYTHON) -m labkit resolve "$(LAB)")
 phase_dir = $(wildcard phase-$(shell printf %02d $(1))-*)
 
 .DEFAULT_GOAL := help
@@ -79,7 +79,7 @@ doctor: $(STAMP) ## environment check: Python, pinned packages, data, GPU
 
 need-lab:
 	@test -n "$(LAB)" || { echo "say which lab: make $(MAKECMDGOALS) LAB=1.1 (or a path)"; exit 2; }
-	@$(PYTHON) -m labkit.loader "$(LAB)" >/dev/null
+	@$(PYTHON) -m labkit resolve "$(LAB)" >/dev/null
 
 clean: ## remove the virtualenv and caches (your lab.py files are kept)
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

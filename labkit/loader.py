@@ -106,12 +106,3 @@ def load_lab(name: str | os.PathLike, target: str | None = None) -> ModuleType:
         raise
     return module
 
-
-if __name__ == "__main__":  # python -m labkit.loader 1.1  -> prints the lab folder
-    import sys as _sys
-
-    try:
-        print(resolve_lab(_sys.argv[1] if len(_sys.argv) > 1 else ""))
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=_sys.stderr)
-        _sys.exit(2)
