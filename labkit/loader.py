@@ -38,7 +38,7 @@ def resolve_lab(name: str | os.PathLike, root: Path = REPO_ROOT) -> Path:
     text = str(name).strip().rstrip("/")
     if not text:
         raise FileNotFoundError("empty lab name: use e.g. LAB=1.1 or LAB=phase-01/lab-01")
-    for cand in (Path(text), root / text):
+    for cand in (root / text, Path(text)):
         if cand.is_file():
             cand = cand.parent
         if cand.is_dir() and cand.name.startswith("lab-"):
