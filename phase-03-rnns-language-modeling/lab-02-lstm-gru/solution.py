@@ -1,0 +1,354 @@
+"""Lab 3.2 - LSTM and GRU cells from primitives, and why their gradients survive longer.
+
+LSTM (Hochreiter & Schmidhuber, 1997; forget gate from Gers et al., 2000), PyTorch gate order i, f, g, o:
+
+    [i, f, g, o] = x W_ih^T + b_ih + h W_hh^T + b_hh        (one fused matmul each, split in 4)
+    i, f, o = sigmoid(.)   g = tanh(.)
+    c' = f * c + i * g          <- additive update: the "cell-state highway"
+    h' = o * tanh(c')
+
+GRU (Cho et al., 2014), PyTorch gate order r, z, n:
+
+    r = sigmoid(x W_ir + b_ir + h W_hr + b_hr)
+    z = sigmoid(x W_iz + b_iz + h W_hz + b_hz)
+    n = tanh(x W_in + b_in + r * (h W_hn + b_hn))          <- r multiplies the *whole* recurrent term
+    h' = (1 - z) * n + z * h
+
+The training loop, data utilities and the CharRNN wrapper are lab 3.1's, loaded with
+``load_lab("3.1")``; this lab only adds the cells, the parameter-matched comparison and the
+gradient-flow measurement.
+
+Run: ``python solution.py`` (small mode, ~1-2 min on a CPU) or ``python solution.py --full``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from labkit import benchmark, load_lab, seed_everything
+
+HERE = Path(__file__).resolve().parent
+char_rnn = load_lab("3.1")          # lab 3.1's solution: CharVocab, CharRNN, train, evaluate, ...
+RNNCell = char_rnn.RNNCell
+
+
+def _uniform_init(module: nn.Module, hidden_size: int) -> None:
+    """PyTorch's recurrent init: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H))."""
+    bound = 1.0 / math.sqrt(hidden_size)
+    for p in module.parameters():
+        nn.init.uniform_(p, -bound, bound)
+
+
+class LSTMCell(nn.Module):
+    """One LSTM step, same maths and parameter layout as ``torch.nn.LSTMCell``.
+
+    ``x2h`` is (weight_ih (4H, in), bias_ih (4H,)), ``h2h`` is (weight_hh (4H, H), bias_hh (4H,)),
+    rows ordered [input gate i | forget gate f | candidate g | output gate o].
+    State: a tuple (h, c), both float (B, H).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        if input_size < 1 or hidden_size < 1:
+            raise ValueError(f"sizes must be >= 1, got input_size={input_size}, hidden_size={hidden_size}")
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.x2h = nn.Linear(input_size, 4 * hidden_size)
+        self.h2h = nn.Linear(hidden_size, 4 * hidden_size)
+        _uniform_init(self, hidden_size)
+
+    def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero (h, c), each float (batch_size, hidden_size)."""
+        z = torch.zeros(batch_size, self.hidden_size, device=device)
+        return z, z.clone()
+
+    @staticmethod
+    def output(state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """What the layer exposes to the output head: h (not the cell state c)."""
+        return state[0]
+
+    def forward(self, x: torch.Tensor,
+                state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One time step.
+
+        Args:
+            x: float (B, input_size). state: (h, c), each float (B, hidden_size).
+        Returns:
+            (h', c'), each float (B, hidden_size).
+        Raises:
+            TypeError: state is not an (h, c) pair.
+        """
+        if not isinstance(state, tuple) or len(state) != 2:
+            raise TypeError("LSTMCell state must be a tuple (h, c)")
+        h, c = state
+        # BEGIN SOLUTION gates = x2h(x) + h2h(h); chunk into i, f, g, o (that order); sigmoid/sigmoid/tanh/sigmoid; c' = f*c + i*g; h' = o*tanh(c') (medium, ~20 min)
+        gates = self.x2h(x) + self.h2h(h)                 # (B, 4H): all four gates in one matmul each
+        i, f, g, o = gates.chunk(4, dim=-1)
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        c_next = f * c + i * g                            # additive: dc'/dc = diag(f), no squashing
+        h_next = o * torch.tanh(c_next)
+        return h_next, c_next
+        # END SOLUTION
+
+
+class GRUCell(nn.Module):
+    """One GRU step, same maths and parameter layout as ``torch.nn.GRUCell``.
+
+    ``x2h`` is (weight_ih (3H, in), bias_ih (3H,)), ``h2h`` is (weight_hh (3H, H), bias_hh (3H,)),
+    rows ordered [reset r | update z | new n]. State: h, float (B, H).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        if input_size < 1 or hidden_size < 1:
+            raise ValueError(f"sizes must be >= 1, got input_size={input_size}, hidden_size={hidden_size}")
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.x2h = nn.Linear(input_size, 3 * hidden_size)
+        self.h2h = nn.Linear(hidden_size, 3 * hidden_size)
+        _uniform_init(self, hidden_size)
+
+    def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.zeros(batch_size, self.hidden_size, device=device)
+
+    @staticmethod
+    def output(state: torch.Tensor) -> torch.Tensor:
+        return state
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """One time step: x float (B, input_size), h float (B, H) -> h' float (B, H)."""
+        # BEGIN SOLUTION compute x2h(x) and h2h(h) separately, chunk each into (r, z, n) parts; r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z); n = tanh(x_n + r * h_n); h' = (1 - z) * n + z * h (medium, ~20 min)
+        x_r, x_z, x_n = self.x2h(x).chunk(3, dim=-1)
+        h_r, h_z, h_n = self.h2h(h).chunk(3, dim=-1)
+        r = torch.sigmoid(x_r + h_r)
+        z = torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * h_n)    # r gates the recurrent term *including its bias* (PyTorch/cuDNN form)
+        return (1 - z) * n + z * h      # z near 1 copies h through unchanged: the GRU's highway
+        # END SOLUTION
+
+
+def load_torch_layer_weights(cell: nn.Module, layer: nn.Module) -> nn.Module:
+    """Copy layer 0 of an ``nn.RNN``/``nn.LSTM``/``nn.GRU`` into our cell (``weight_ih_l0`` -> ``x2h.weight``, ...)."""
+    if getattr(layer, "bidirectional", False) or getattr(layer, "num_layers", 1) != 1:
+        raise ValueError("only single-layer, unidirectional reference layers can be copied into one cell")
+    pairs = [("weight_ih_l0", cell.x2h.weight), ("bias_ih_l0", cell.x2h.bias),
+             ("weight_hh_l0", cell.h2h.weight), ("bias_hh_l0", cell.h2h.bias)]
+    with torch.no_grad():
+        for name, mine in pairs:
+            theirs = getattr(layer, name)
+            if theirs.shape != mine.shape:
+                raise ValueError(f"{name}: reference shape {tuple(theirs.shape)} != ours {tuple(mine.shape)}")
+            mine.copy_(theirs)
+    return cell
+
+
+def unroll(cell: nn.Module, x: torch.Tensor, state=None):
+    """Run ``cell`` over a whole sequence, like a one-layer ``nn.LSTM``/``nn.GRU`` with batch_first=True.
+
+    Args:
+        cell: LSTMCell, GRUCell or lab 3.1's RNNCell.
+        x: float (B, T, input_size).
+        state: initial state (zeros when None).
+    Returns:
+        (outputs, state): outputs float (B, T, H), the per-step ``cell.output(state)``;
+        state the final state ((h, c) for the LSTM, h otherwise).
+    Raises:
+        ValueError: x is not 3-D.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"x must be (B, T, input_size), got {tuple(x.shape)}")
+    if state is None:
+        state = cell.init_state(x.shape[0], x.device)
+    # BEGIN SOLUTION for each t: state = cell(x[:, t], state); collect cell.output(state); stack along dim 1 (easy, ~10 min)
+    outs = []
+    for t in range(x.shape[1]):
+        state = cell(x[:, t], state)
+        outs.append(cell.output(state))
+    return torch.stack(outs, dim=1), state
+    # END SOLUTION
+
+
+CELLS: dict[str, Callable[[int, int], nn.Module]] = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def hidden_size_for_budget(cell: str, vocab_size: int, n_embd: int, budget: int) -> int:
+    """The largest hidden size H whose CharRNN(vocab_size, n_embd, H, cell) has <= ``budget`` parameters.
+
+    Parameter count of the whole model, with G = 1 (rnn), 4 (lstm) or 3 (gru) gate blocks:
+    ``V*E  +  G*(E*H + H*H + 2*H)  +  H*V + V``  (embedding, cell, head).
+
+    Raises:
+        ValueError: unknown cell, or a budget too small for H = 1.
+    """
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
+    # BEGIN SOLUTION write params(H) from the formula above and return the largest H with params(H) <= budget (a loop or the quadratic formula) (easy, ~10 min)
+    G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    V, E = vocab_size, n_embd
+
+    def params(H: int) -> int:
+        return V * E + G * (E * H + H * H + 2 * H) + H * V + V
+
+    if params(1) > budget:
+        raise ValueError(f"budget {budget} is below the smallest {cell} model ({params(1)} parameters)")
+    H = 1
+    while params(H + 1) <= budget:
+        H += 1
+    return H
+    # END SOLUTION
+
+
+def hidden_grad_norms(model: nn.Module, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """How much the loss at the LAST position depends on the hidden state at each earlier step.
+
+    Runs ``model`` (lab 3.1's CharRNN) on ``idx`` from a zero state, takes the cross-entropy
+    of the final position only, L = CE(logits[:, -1], targets[:, -1]), and returns
+    ``||dL/dh_t||`` (Frobenius norm over the batch) for t = 0..T-1. In a vanilla RNN this
+    decays roughly geometrically as T-1-t grows: the vanishing-gradient picture.
+
+    Args:
+        idx, targets: LongTensors (B, T).
+    Returns:
+        float tensor (T,), entry t is ||dL/dh_t||.
+    """
+    # BEGIN SOLUTION model(idx, return_hiddens=True); loss on the last position only; torch.autograd.grad(loss, hiddens); the norm of each gradient (medium, ~20 min)
+    logits, _, hiddens = model(idx, return_hiddens=True)
+    loss = nn.functional.cross_entropy(logits[:, -1], targets[:, -1])
+    grads = torch.autograd.grad(loss, hiddens)
+    return torch.stack([g.norm() for g in grads])
+    # END SOLUTION
+
+
+# ----------------------------------------------------------------------------- self-test
+def _time_ours_vs_fused(B: int, T: int, E: int, H: int, repeats: int) -> list[tuple[str, float, float]]:
+    """Forward+backward wall-clock (ms) of our unrolled LSTMCell vs the fused nn.LSTM."""
+    seed_everything(0)
+    fused = nn.LSTM(E, H, batch_first=True)
+    ours = load_torch_layer_weights(LSTMCell(E, H), fused)
+    x = torch.randn(B, T, E)
+    with torch.no_grad():
+        assert torch.allclose(unroll(ours, x)[0], fused(x)[0], atol=1e-5), "our LSTM != nn.LSTM"
+
+    def step(f):
+        def run():
+            out = f(x)[0]
+            out.sum().backward()
+        return run
+
+    rows = []
+    for name, fn in (("our LSTMCell, Python loop over T", step(lambda z: unroll(ours, z))),
+                     ("nn.LSTM (fused kernel)", step(fused))):
+        t = benchmark(fn, repeats=repeats, warmup=2, name=name)
+        rows.append((name, t.min * 1e3, t.median * 1e3))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--full", action="store_true", help="bigger budget: whole text, ~200k params, 3000 steps")
+    ap.add_argument("--steps", type=int, help="override the step budget per model")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    seed_everything(args.seed)
+
+    text = char_rnn.load_shakespeare()
+    vocab = char_rnn.CharVocab.from_text(text)
+    data = vocab.encode(text)
+    train_data, val_data = char_rnn.train_val_split(data, 0.1)
+    n_embd = 32
+    if args.full:
+        budget, cfg = 200_000, char_rnn.TrainConfig(batch_size=64, seq_len=128, max_steps=3000, eval_every=500,
+                                                   eval_chars=0, seed=args.seed)
+    else:
+        budget, cfg = 31_201, char_rnn.TrainConfig(batch_size=32, seq_len=64, max_steps=500, eval_every=250,
+                                                  eval_chars=20_000, seed=args.seed)
+        train_data = train_data[:400_000]
+    if args.steps:
+        cfg.max_steps = args.steps
+    print(f"mode={'full' if args.full else 'small'}  parameter budget <= {budget:,}  steps/model={cfg.max_steps}  "
+          f"batch={cfg.batch_size}x{cfg.seq_len}  train_chars={len(train_data):,}")
+
+    # the gradient probe: one fixed validation batch, long enough to see the decay
+    probe_T = 100
+    probe = char_rnn.batchify(val_data, 16)[:, : probe_T + 1]
+    probe_x, probe_y = probe[:, :-1], probe[:, 1:]
+
+    results, grad_curves = {}, {}
+    for name, cell_cls in CELLS.items():
+        H = hidden_size_for_budget(name, vocab.vocab_size, n_embd, budget)
+        seed_everything(args.seed)
+        model = char_rnn.CharRNN(vocab.vocab_size, n_embd=n_embd, hidden_size=H, cell_cls=cell_cls)
+        g_init = hidden_grad_norms(model, probe_x, probe_y)
+        log = char_rnn.train(model, train_data, val_data, cfg)
+        val = char_rnn.evaluate(model, val_data, cfg.seq_len)
+        g_trained = hidden_grad_norms(model, probe_x, probe_y)
+        grad_curves[name] = (g_init, g_trained)
+        results[name] = (H, count_params(model), val, log.seconds)
+        if args.full:
+            (HERE / "outputs").mkdir(exist_ok=True)
+            torch.save(model.state_dict(), HERE / "outputs" / f"{name}.pt")
+
+    print("\n| cell | hidden size | parameters | val loss (nats/char) | val perplexity | train time (s) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, (H, n, val, secs) in results.items():
+        print(f"| {name.upper()} | {H} | {n:,} | {val:.3f} | {math.exp(val):.2f} | {secs:.1f} |")
+
+    lags = (1, 10, 25, 50, 99)
+    print(f"\n||dL_T/dh_(T-k)|| relative to k=0, T={probe_T}, trained models (init in parentheses)")
+    print("| cell | " + " | ".join(f"k={k}" for k in lags) + " |")
+    print("|---|" + "---:|" * len(lags))
+    for name, (g0, g1) in grad_curves.items():
+        cells = []
+        for k in lags:
+            r1 = float(g1[probe_T - 1 - k] / g1[-1])
+            r0 = float(g0[probe_T - 1 - k] / g0[-1])
+            cells.append(f"{r1:.1e} ({r0:.1e})")
+        print(f"| {name.upper()} | " + " | ".join(cells) + " |")
+
+    rows = _time_ours_vs_fused(B=32, T=64, E=n_embd, H=128, repeats=5 if not args.full else 20)
+    print("\nLSTM forward+backward, B=32, T=64, E=32, H=128, 1 CPU thread")
+    print("| implementation | min (ms) | median (ms) |")
+    print("|---|---:|---:|")
+    for name, mn, md in rows:
+        print(f"| {name} | {mn:.1f} | {md:.1f} |")
+    print(f"fused nn.LSTM is {rows[0][2] / rows[1][2]:.1f}x faster (median)")
+
+    from labkit.plots import plt, savefig
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, which, title in ((axes[0], 0, "at initialisation"), (axes[1], 1, f"after {cfg.max_steps} steps")):
+        for name, curves in grad_curves.items():
+            g = curves[which]
+            k = torch.arange(probe_T - 1, -1, -1)        # distance back from the last step
+            ax.semilogy(k, (g / g[-1]).numpy(), label=name.upper())
+        ax.set_xlabel("k = steps back from the loss position (T-1-t)")
+        ax.set_title(f"||dL/dh_(T-1-k)|| / ||dL/dh_(T-1)||, {title}")
+        ax.legend()
+    axes[0].set_ylabel("relative gradient norm (log scale)")
+    out = savefig(fig, HERE / "figures" / ("grad_norms_full.png" if args.full else "grad_norms.png"))
+    print(f"\nwrote {out.relative_to(HERE)}")
+
+    checks = {
+        "every model learned (val loss < 2.6 nats)": all(v[2] < 2.6 for v in results.values()),
+        "parameter counts within 3% of each other":
+            max(v[1] for v in results.values()) <= 1.03 * min(v[1] for v in results.values()),
+        "RNN gradient 50 steps back is smaller than LSTM's and GRU's (trained)":
+            all(float(grad_curves["rnn"][1][probe_T - 51] / grad_curves["rnn"][1][-1])
+                < float(grad_curves[c][1][probe_T - 51] / grad_curves[c][1][-1]) for c in ("lstm", "gru")),
+    }
+    for name, ok in checks.items():
+        print(f"[{'OK' if ok else 'FAIL'}] {name}")
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
