@@ -22,7 +22,7 @@ LAB_DIR = $(shell $(PYTHON) -m labkit resolve "$(LAB)")
 phase_dir = $(wildcard phase-$(shell printf %02d $(1))-*)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test selftest check run diff progress bench labs labs-check lint doctor clean need-lab \
+.PHONY: help setup test selftest check run diff progress figures bench labs labs-check lint doctor clean need-lab \
         $(foreach n,1 2 3 4 5 6 7 8 9 10 11,test-phase-$(n) selftest-phase-$(n))
 
 help: ## list the targets
@@ -61,6 +61,9 @@ diff: $(STAMP) need-lab ## show your lab.py against solution.py
 
 progress: $(STAMP) ## per lab: TODOs left in lab.py and tests passing against it
 	$(PY) -m labkit.runner progress
+
+figures: $(STAMP) need-lab ## refresh the committed figures/ PNGs a README links: make figures LAB=1.1
+	cd "$(LAB_DIR)" && LABKIT_WRITE_FIGURES=1 $(abspath $(PY)) solution.py $(ARGS)
 
 bench: $(STAMP) ## run self-tests (LAB=… for one) and keep their printed tables in .cache/bench
 	$(PY) -m labkit.runner selftest --log-dir .cache/bench $(LAB)

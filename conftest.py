@@ -13,6 +13,14 @@ from pathlib import Path
 
 import pytest
 
+try:  # property-based tests are deterministic: the same examples on every run and in CI
+    from hypothesis import settings as _hyp_settings
+
+    _hyp_settings.register_profile("curriculum", derandomize=True, deadline=None, database=None)
+    _hyp_settings.load_profile("curriculum")
+except ImportError:  # hypothesis is only needed by the labs that use it
+    pass
+
 from labkit.labgen import todo_hints
 from labkit.loader import load_lab
 
@@ -22,6 +30,8 @@ TODO_RE = re.compile(r"^TODO\((\d+)\)$")
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than ~30 s on a laptop CPU")
     config.addinivalue_line("markers", "gpu: needs CUDA; skipped when no GPU is present")
+    config.addinivalue_line("markers", "given: exercises only code the learner is given (validation, "
+                            "loaders); `make progress` leaves it out of the count")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

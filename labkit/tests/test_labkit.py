@@ -119,3 +119,19 @@ def test_timing_stats():
     assert timing.Timing("y", [4.0]).ratio(timing.Timing("z", [8.0])) == 2.0
     with pytest.raises(ValueError):
         timing.benchmark(lambda: None, repeats=0)
+
+
+def test_figures_go_to_outputs_unless_asked(tmp_path, monkeypatch):
+    from labkit.plots import plt, resolve_figure_path, savefig
+
+    lab = tmp_path / "lab-01-x"
+    monkeypatch.delenv("LABKIT_WRITE_FIGURES", raising=False)
+    assert resolve_figure_path(lab / "figures" / "a.png") == lab / "outputs" / "a.png"
+    assert resolve_figure_path(lab / "plots" / "a.png") == lab / "plots" / "a.png"
+    fig, _ = plt.subplots()
+    written = savefig(fig, lab / "figures" / "a.png")
+    assert written == lab / "outputs" / "a.png" and written.is_file()
+    assert not (lab / "figures").exists(), "a self-test must not overwrite the committed figures"
+    monkeypatch.setenv("LABKIT_WRITE_FIGURES", "1")
+    fig, _ = plt.subplots()
+    assert savefig(fig, lab / "figures" / "a.png") == lab / "figures" / "a.png"
