@@ -18,8 +18,16 @@ Both are pre-norm: ``x = x + attn(norm(x)); x = x + mlp(norm(x))``, then a final
 LM head. With weights copied in, MiniGPT reproduces Hugging Face ``GPT2LMHeadModel`` and
 ``LlamaForCausalLM`` logits to within 1e-6 (see ``load_hf_gpt2_weights`` / ``load_hf_llama_weights``).
 
-The positional functions (sinusoidal, RoPE, ALiBi) come from lab 4.3, so there is one RoPE in
-the curriculum. Later phases reuse this module: ``load_lab("4.4").MiniGPT``.
+The positional functions (sinusoidal, RoPE, ALiBi) come from lab 4.3 and the causal mask from
+lab 4.1, so there is one RoPE and one mask in the curriculum. Later phases reuse this module:
+``load_lab("4.4").MiniGPT``. What they build on:
+
+- ``forward(idx, targets, *, position_ids, attention_mask, past_key_values, logits_to_keep)``:
+  absolute positions, left-padded batches, a KV-cache hook (the cache itself is Phase 9's),
+  and logits for the last k positions only;
+- ``generate`` (temperature, top-k, top-p, eos), ``configure_optimizers`` (AdamW, decay on
+  matrices only), ``estimate_flops_per_token`` / ``estimate_mfu`` (6N + 12·L·d·T);
+- ``to_hf_llama`` / ``to_hf_gpt2``: export to transformers (``save_pretrained`` works).
 
 Run: ``python solution.py`` (small mode: about a minute on one CPU core) or ``--full``.
 """
@@ -29,7 +37,7 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +49,8 @@ from labkit import load_lab
 
 # sinusoidal_encoding, rope_cache, apply_rope, alibi_bias: the lab 4.3 reference solution.
 positional = load_lab("phase-04-attention-transformers/lab-03-positional-encodings")
+# causal_mask(T_q, T_k): the lab 4.1 reference solution (bottom-right aligned when T_k > T_q).
+sdpa_lab = load_lab("phase-04-attention-transformers/lab-01-scaled-dot-product-attention")
 
 __all__ = [
     "CausalSelfAttention",
@@ -49,12 +59,16 @@ __all__ = [
     "MiniGPT",
     "RMSNorm",
     "TransformerBlock",
+    "build_attention_mask",
     "config_from_hf",
     "count_params",
+    "default_position_ids",
     "load_char_shakespeare",
     "load_hf_gpt2_weights",
     "load_hf_llama_weights",
     "param_breakdown",
+    "to_hf_gpt2",
+    "to_hf_llama",
     "train",
 ]
 
@@ -75,8 +89,10 @@ class GPTConfig:
             ``generate`` crops its context to it).
         n_layer, n_head, d_model: depth, query heads, residual width; d_head = d_model // n_head.
         n_kv_head: key/value heads (GQA). ``None`` means n_head (plain MHA); 1 is MQA.
+            Read the value in use from ``resolved_n_kv_head``.
         d_ff: hidden width of the MLP. ``None``: 4 * d_model for GELU, and for SwiGLU
-            8/3 * d_model rounded up to a multiple of 64 (same parameter count as 4x GELU, roughly).
+            8/3 * d_model rounded up to a multiple of 64 (same parameter count as 4x GELU,
+            roughly). Read the value in use from ``resolved_d_ff``.
         dropout: on embeddings, attention weights and both residual branches.
         bias: biases in every Linear (and in LayerNorm). The LM head never has one.
         norm: "layernorm" or "rmsnorm".  norm_eps: the epsilon inside the norm.
@@ -90,6 +106,11 @@ class GPTConfig:
             init_std / sqrt(2 * n_layer).
         attn_impl: "math" (explicit softmax(QK^T/sqrt(d))V, the one you write) or "sdpa"
             (``F.scaled_dot_product_attention``: same numbers, faster, fused kernels on GPU).
+
+    ``None`` stays ``None`` in the fields: derived values live in the read-only properties
+    ``resolved_n_kv_head`` and ``resolved_d_ff``, so ``dataclasses.replace(cfg, n_head=8)``
+    is still plain MHA and ``replace(cfg, d_model=64)`` re-derives d_ff. Code that builds or
+    counts a model reads the properties, never the raw fields.
 
     Raises:
         ValueError: from ``__post_init__`` on any inconsistent value (the message names it).
@@ -120,11 +141,10 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.{name} must be a positive int, got {value!r}")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
-        if self.n_kv_head is None:
-            self.n_kv_head = self.n_head
-        if isinstance(self.n_kv_head, bool) or not isinstance(self.n_kv_head, int) or self.n_kv_head <= 0:
+        if self.n_kv_head is not None and (isinstance(self.n_kv_head, bool) or not isinstance(self.n_kv_head, int)
+                                           or self.n_kv_head <= 0):
             raise ValueError(f"GPTConfig.n_kv_head must be a positive int or None, got {self.n_kv_head!r}")
-        if self.n_head % self.n_kv_head:
+        if self.n_head % self.resolved_n_kv_head:
             raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head}) "
                              "so each key/value head serves the same number of query heads")
         if self.norm not in NORMS:
@@ -147,14 +167,25 @@ class GPTConfig:
             raise ValueError(f"rope_theta must be > 1, got {self.rope_theta}")
         if not self.init_std > 0:
             raise ValueError(f"init_std must be > 0, got {self.init_std}")
-        if self.d_ff is None:
-            self.d_ff = 4 * self.d_model if self.mlp == "gelu" else 64 * math.ceil(8 * self.d_model / 3 / 64)
-        if isinstance(self.d_ff, bool) or not isinstance(self.d_ff, int) or self.d_ff <= 0:
+        if self.d_ff is not None and (isinstance(self.d_ff, bool) or not isinstance(self.d_ff, int) or self.d_ff <= 0):
             raise ValueError(f"GPTConfig.d_ff must be a positive int or None, got {self.d_ff!r}")
 
     @property
     def d_head(self) -> int:
         return self.d_model // self.n_head
+
+    @property
+    def resolved_n_kv_head(self) -> int:
+        """Key/value heads in use: ``n_kv_head``, or ``n_head`` (MHA) when it is None."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def resolved_d_ff(self) -> int:
+        """MLP hidden width in use: ``d_ff``, or 4·d_model (GELU) / 8/3·d_model rounded up to a
+        multiple of 64 (SwiGLU) when it is None."""
+        if self.d_ff is not None:
+            return self.d_ff
+        return 4 * self.d_model if self.mlp == "gelu" else 64 * math.ceil(8 * self.d_model / 3 / 64)
 
     @classmethod
     def gpt2_style(cls, **overrides: Any) -> GPTConfig:
@@ -180,7 +211,7 @@ def param_breakdown(config: GPTConfig) -> dict[str, int]:
         number of parameters (ints; attention/mlp/norms summed over all layers; "lm_head" is 0
         when tied). ``sum(values)`` equals ``sum(p.numel() for p in MiniGPT(config).parameters())``.
     """
-    # TODO(1): per layer: qkv d*(n_head+2*n_kv_head)*d_head, out proj, MLP with 2 (GELU) or 3 (SwiGLU) matrices, biases if config.bias, norm weights (+LayerNorm bias); then embeddings, final norm, untied head (medium, ~20 min)
+    # TODO(1): per layer (use config.resolved_n_kv_head / resolved_d_ff): qkv d*(n_head+2*n_kv_head)*d_head, out proj, MLP with 2 (GELU) or 3 (SwiGLU) matrices, biases if config.bias, norm weights (+LayerNorm bias); then embeddings, final norm, untied head (medium, ~20 min)
     raise NotImplementedError("TODO(1)")
 
 
@@ -216,19 +247,81 @@ def _make_norm(config: GPTConfig) -> nn.Module:
     return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
 
 
+def default_position_ids(batch_size: int, seq_len: int, past_length: int = 0,
+                         attention_mask: torch.Tensor | None = None,
+                         device: torch.device | str | None = None) -> torch.Tensor:
+    """Absolute positions of the ``seq_len`` new tokens, HF's convention.
+
+    Without a mask the new tokens sit at ``past_length, ..., past_length + seq_len - 1`` in
+    every row. With an ``attention_mask`` (B, past_length + seq_len), 1 = real token and
+    0 = padding on the LEFT, a row's first real token is position 0: positions are
+    ``cumsum(mask) - 1`` clamped at 0 (pads get 0, a dummy: they are masked out as keys), and
+    the last ``seq_len`` columns are returned. A left-padded row therefore gets the same
+    positions as the same sequence without padding.
+
+    Returns:
+        int64 tensor (batch_size, seq_len).
+    """
+    # TODO(3): no mask: arange(past_length, past_length + seq_len) expanded to (B, T); mask: cumsum over the last dim - 1, clamp at 0, keep the last seq_len columns (easy, ~10 min)
+    raise NotImplementedError("TODO(3)")
+
+
+def build_attention_mask(T_q: int, T_k: int, attention_mask: torch.Tensor | None = None,
+                         device: torch.device | str | None = None) -> torch.Tensor:
+    """Boolean attention mask, True where a query may attend to a key.
+
+    The T_q queries are the LAST T_q of the T_k positions (a KV cache holds the first
+    T_k - T_q), so query i sits at absolute column ``T_k - T_q + i`` and sees keys up to and
+    including that column: lab 4.1's ``causal_mask(T_q, T_k)``, aligned bottom-right.
+    (``F.scaled_dot_product_attention(is_causal=True)`` aligns top-left, which is only right
+    when T_q == T_k.)
+
+    Args:
+        T_q, T_k: query and key counts, 1 <= T_q <= T_k.
+        attention_mask: optional (B, T_k), 1/True = real token, 0/False = padding. A key that
+            is padding is hidden from every query.
+        device: where to build it.
+
+    Returns:
+        bool (T_q, T_k) without ``attention_mask``; bool (B, 1, T_q, T_k) with it. A query row
+        that would see no key at all (a pad query of a left-padded row) is opened to every
+        key instead, so the softmax stays finite (no NaN); its output is never read by a real
+        token, because real queries do not attend to pad keys.
+    """
+    # TODO(4): causal = sdpa_lab.causal_mask(T_q, T_k); with a padding mask: causal & mask[:, None, None, :]; rows with no True become all True (medium, ~15 min)
+    raise NotImplementedError("TODO(4)")
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Lab 4.3's ``apply_rope`` for x (B, H, T, d_head) and tables (T, d_head) shared by the
+    batch, or (B, T, d_head), one per row (left-padded batches: rows have their own positions)."""
+    if cos.dim() == 2:
+        return positional.apply_rope(x, cos, sin)
+    return torch.stack([positional.apply_rope(x[b], cos[b], sin[b]) for b in range(x.shape[0])])
+
+
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with optional GQA, RoPE and ALiBi.
+    """Multi-head causal self-attention with optional GQA, RoPE, ALiBi, padding masks and a KV cache.
 
     One fused projection ``qkv`` gives n_head query heads and n_kv_head key and value heads
     (rows ordered [q | k | v]); each key/value head is shared by n_head // n_kv_head
     consecutive query heads. ``proj`` maps the concatenated heads back to d_model.
+
+    KV-cache hook (the cache class is Phase 9's lab; any object with these two methods works,
+    the same protocol as HF's ``transformers.Cache``):
+
+    - ``update(key, value, layer_idx) -> (keys, values)``: receives this call's new key and
+      value, each (B, n_kv_head, T_new, d_head), AFTER RoPE and BEFORE the GQA repeat; stores
+      them for layer ``layer_idx`` and returns everything cached for that layer, (B, n_kv_head,
+      T_past + T_new, d_head), oldest first.
+    - ``get_seq_length(layer_idx=0) -> int``: how many positions are cached (T_past).
     """
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, layer_idx: int = 0) -> None:
         super().__init__()
-        self.n_head, self.n_kv_head, self.d_head = config.n_head, config.n_kv_head, config.d_head
-        self.qkv = nn.Linear(config.d_model, (config.n_head + 2 * config.n_kv_head) * config.d_head,
-                             bias=config.bias)
+        self.n_head, self.n_kv_head, self.d_head = config.n_head, config.resolved_n_kv_head, config.d_head
+        self.layer_idx = layer_idx
+        self.qkv = nn.Linear(config.d_model, (self.n_head + 2 * self.n_kv_head) * self.d_head, bias=config.bias)
         self.proj = nn.Linear(config.n_head * config.d_head, config.d_model, bias=config.bias)
         self.dropout = config.dropout
         self.attn_dropout = nn.Dropout(config.dropout)
@@ -236,16 +329,22 @@ class CausalSelfAttention(nn.Module):
         self.attn_impl = config.attn_impl
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+                attn_bias: torch.Tensor | None = None, *, attn_mask: torch.Tensor | None = None,
+                past_key_values: Any = None) -> torch.Tensor:
         """x (B, T, d_model) -> (B, T, d_model).
 
         Args:
-            rope: ``(cos, sin)``, each (T, d_head), to rotate q and k; ``None`` for no RoPE.
-            attn_bias: (n_head, T, T) float added to the scores (ALiBi); ``None`` for none.
+            rope: ``(cos, sin)``, each (T, d_head) or (B, T, d_head), the rotation of the T new
+                positions (q and k); ``None`` for no RoPE.
+            attn_bias: (n_head, T, T_k) float added to the scores (ALiBi); ``None`` for none.
+            attn_mask: bool (T, T_k) or (B, 1, T, T_k), True = may attend (see
+                :func:`build_attention_mask`); ``None`` means causal (bottom-right aligned).
+            past_key_values: a KV cache (protocol in the class docstring) or ``None``.
+                T_k = cached positions + T.
         """
         B, T, _ = x.shape
-        # TODO(3): split qkv into q (B,n_head,T,d_head) and k,v (B,n_kv_head,T,d_head); RoPE on q and k; repeat_interleave k,v to n_head; scores q@k^T/sqrt(d_head) + bias; mask the future (j > i) with -inf BEFORE softmax over keys; dropout; @v; merge heads; proj; dropout (hard, ~40 min)
-        raise NotImplementedError("TODO(3)")
+        # TODO(5): split qkv into q (B,n_head,T,d_head) and k,v (B,n_kv_head,T,d_head); RoPE on q and k (_rotate); past_key_values.update(k, v, self.layer_idx) if given; repeat_interleave k,v to n_head; mask = attn_mask or causal_mask(T, T_k); scores q@k^T/sqrt(d_head) + bias; -inf where the mask is False BEFORE softmax over keys; dropout; @v; merge heads; proj; dropout. SDPA path: is_causal only when T == T_k and no mask/bias (hard, ~45 min)
+        raise NotImplementedError("TODO(5)")
 
 
 class MLP(nn.Module):
@@ -258,38 +357,53 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.kind = config.mlp
-        self.fc = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
-        self.gate = nn.Linear(config.d_model, config.d_ff, bias=config.bias) if config.mlp == "swiglu" else None
-        self.proj = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+        d_ff = config.resolved_d_ff
+        self.fc = nn.Linear(config.d_model, d_ff, bias=config.bias)
+        self.gate = nn.Linear(config.d_model, d_ff, bias=config.bias) if config.mlp == "swiglu" else None
+        self.proj = nn.Linear(d_ff, config.d_model, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # TODO(4): GELU: tanh-approximate gelu of fc(x); SwiGLU: silu(gate(x)) * fc(x); then proj and dropout (easy, ~10 min)
-        raise NotImplementedError("TODO(4)")
+        # TODO(6): GELU: tanh-approximate gelu of fc(x); SwiGLU: silu(gate(x)) * fc(x); then proj and dropout (easy, ~10 min)
+        raise NotImplementedError("TODO(6)")
 
 
 class TransformerBlock(nn.Module):
     """Pre-norm block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``. (B, T, d_model) in and out."""
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, layer_idx: int = 0) -> None:
         super().__init__()
         self.ln1 = _make_norm(config)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer_idx=layer_idx)
         self.ln2 = _make_norm(config)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                attn_bias: torch.Tensor | None = None) -> torch.Tensor:
-        # TODO(5): two residual branches, each reading a normalized copy of the stream (easy, ~5 min)
-        raise NotImplementedError("TODO(5)")
+                attn_bias: torch.Tensor | None = None, *, attn_mask: torch.Tensor | None = None,
+                past_key_values: Any = None) -> torch.Tensor:
+        # TODO(7): two residual branches, each reading a normalized copy of the stream; pass rope, attn_bias, attn_mask and past_key_values on to attn (easy, ~5 min)
+        raise NotImplementedError("TODO(7)")
+
+
+def _check_ids(name: str, ids: torch.Tensor, vocab_size: int, allow: int | None = None) -> None:
+    """ValueError naming the first id outside [0, vocab_size) (``allow``: an extra legal value)."""
+    bad = (ids < 0) | (ids >= vocab_size)
+    if allow is not None:
+        bad &= ids != allow
+    if bool(bad.any()):
+        first = int(ids[bad][0])
+        raise ValueError(f"{name} contains id {first}, outside [0, vocab_size={vocab_size})"
+                         + (f" (and not {allow})" if allow is not None else "")
+                         + ": was the text encoded with another tokenizer, or is vocab_size too small?")
 
 
 class MiniGPT(nn.Module):
     """Decoder-only transformer language model.
 
     Modules: ``tok_emb`` (vocab_size, d_model); ``pos_emb`` (block_size, d_model) only for
-    learned positions; ``blocks`` (n_layer TransformerBlocks); ``ln_f``; ``head`` (d_model ->
-    vocab_size, no bias, the same Parameter as ``tok_emb.weight`` when tied).
+    learned positions; ``blocks`` (n_layer TransformerBlocks, ``blocks[i].attn.layer_idx == i``);
+    ``ln_f``; ``head`` (d_model -> vocab_size, no bias, the same Parameter as
+    ``tok_emb.weight`` when tied).
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -300,7 +414,7 @@ class MiniGPT(nn.Module):
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.block_size, config.d_model) if config.pos_emb == "learned" else None
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(TransformerBlock(config, layer_idx=i) for i in range(config.n_layer))
         self.ln_f = _make_norm(config)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_weights:
@@ -312,25 +426,54 @@ class MiniGPT(nn.Module):
         weights, and N(0, init_std / sqrt(2 * n_layer)) for the two residual output
         projections (``attn.proj``, ``mlp.proj``) so the residual stream's variance does not
         grow with depth. Small logits at init make the initial loss ~ln(vocab_size)."""
-        # TODO(6): loop over self.modules(): normal(0, std) for Linear and Embedding weights, zero biases, ones for norm weights; then rescale the *.proj weights to std / sqrt(2 * n_layer) (medium, ~15 min)
-        raise NotImplementedError("TODO(6)")
+        # TODO(8): loop over self.modules(): normal(0, std) for Linear and Embedding weights, zero biases, ones for norm weights; then rescale the *.proj weights to std / sqrt(2 * n_layer) (medium, ~15 min)
+        raise NotImplementedError("TODO(8)")
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    def _rope_tables(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE (cos, sin) for absolute ``position_ids`` (B, T): (T, d_head) each when every row
+        has the same positions, else (B, T, d_head). Rows of lab 4.3's ``rope_cache``."""
+        cfg = self.config
+        n = int(position_ids.max()) + 1
+        cos, sin = positional.rope_cache(n, cfg.d_head, cfg.rope_theta, device=position_ids.device)
+        if bool((position_ids == position_ids[:1]).all()):
+            return cos[position_ids[0]], sin[position_ids[0]]
+        return cos[position_ids], sin[position_ids]
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
+                position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                past_key_values: Any = None, logits_to_keep: int = 0
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Next-token logits, and the mean cross-entropy when ``targets`` is given.
 
         Args:
-            idx: (B, T) int64 token ids, T >= 1 (T <= block_size for learned positions).
+            idx: (B, T) int64 token ids in [0, vocab_size), T >= 1.
             targets: optional (B, T) int64 next-token ids; -100 marks positions to ignore.
+            position_ids: optional (B, T) (or (1, T)) int64 absolute positions of the tokens:
+                RoPE rotates by them, the learned and sinusoidal tables are indexed by them.
+                Default: :func:`default_position_ids` (``past + arange(T)``, or from
+                ``attention_mask`` for left-padded rows). ALiBi uses key-column distances,
+                which equal position differences for left-padded rows.
+            attention_mask: optional (B, T_k) with T_k = cached positions + T; 1 = real token,
+                0 = padding (LEFT padding: the real tokens of a row are its last ones). Real
+                positions of a padded row get the logits of the unpadded sequence; pad
+                positions get finite, meaningless logits.
+            past_key_values: a KV cache with ``update(key, value, layer_idx)`` and
+                ``get_seq_length()`` (protocol: :class:`CausalSelfAttention`); it is updated
+                in place, and ``idx`` holds only the tokens after the cached ones.
+            logits_to_keep: 0 = logits for every position; k > 0 = only for the last k
+                positions (the LM head is the largest matmul of a small model: generation
+                needs the last position only). HF's name and meaning.
 
         Returns:
-            ``(logits, loss)``: logits (B, T, vocab_size) float32; loss a float32 scalar
-            (nats per token) or ``None``.
+            ``(logits, loss)``: logits (B, T, vocab_size) float32 (or (B, min(k, T), vocab_size));
+            loss a float32 scalar (nats per token) or ``None``.
 
         Raises:
-            TypeError: idx/targets not integer tensors.
-            ValueError: idx not 2-D, empty, longer than block_size with learned positions,
-                or targets of another shape.
+            TypeError: idx/targets/position_ids/attention_mask not integer (or bool) tensors.
+            ValueError: idx not 2-D or empty; a token id (or target other than -100) outside
+                [0, vocab_size); a position >= block_size with learned positions; shapes that
+                do not match; negative positions or logits_to_keep; targets with
+                logits_to_keep > 0.
         """
         if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32):
             raise TypeError(f"idx must be an int64 tensor of token ids, got {getattr(idx, 'dtype', type(idx))}")
@@ -338,43 +481,152 @@ class MiniGPT(nn.Module):
             raise ValueError(f"idx must have shape (B, T) with T >= 1, got {tuple(idx.shape)}")
         B, T = idx.shape
         cfg = self.config
-        if cfg.pos_emb == "learned" and T > cfg.block_size:
-            raise ValueError(f"sequence length {T} > block_size {cfg.block_size}: a learned position table "
-                             "has no rows past block_size (crop the input, or use rope/alibi)")
+        _check_ids("idx", idx, cfg.vocab_size)
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int >= 0 (0 = all positions), got {logits_to_keep!r}")
         if targets is not None:
             if not isinstance(targets, torch.Tensor) or targets.dtype not in (torch.int64, torch.int32):
                 raise TypeError("targets must be an integer tensor of token ids")
             if targets.shape != idx.shape:
                 raise ValueError(f"targets shape {tuple(targets.shape)} != idx shape {tuple(idx.shape)}")
-        # TODO(7): token embeddings (+ learned or sinusoidal positions), dropout; build RoPE (cos, sin) or the ALiBi bias once; run the blocks; final norm; head; float32 logits; cross-entropy over (B*T, vocab) with ignore_index=-100 (medium, ~20 min)
-        raise NotImplementedError("TODO(7)")
+            _check_ids("targets", targets, cfg.vocab_size, allow=-100)
+            if logits_to_keep:
+                raise ValueError("a loss needs the logits of every position: pass logits_to_keep=0 with targets")
+        past = 0 if past_key_values is None else past_key_values.get_seq_length()
+        if isinstance(past, bool) or not isinstance(past, int) or past < 0:
+            raise ValueError(f"past_key_values.get_seq_length() must return an int >= 0, got {past!r}")
+        T_k = past + T
+        if attention_mask is not None:
+            if not isinstance(attention_mask, torch.Tensor) or attention_mask.is_floating_point():
+                raise TypeError("attention_mask must be a bool or integer tensor of 1 (real) / 0 (padding)")
+            if attention_mask.shape != (B, T_k):
+                raise ValueError(f"attention_mask must be (B, cached + T) = {(B, T_k)}, got {tuple(attention_mask.shape)}")
+            if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+                raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
+        if position_ids is None:
+            position_ids = default_position_ids(B, T, past, attention_mask, device=idx.device)
+        else:
+            if not isinstance(position_ids, torch.Tensor) or position_ids.dtype not in (torch.int64, torch.int32):
+                raise TypeError("position_ids must be an integer tensor")
+            if position_ids.shape not in ((B, T), (1, T)):
+                raise ValueError(f"position_ids must be (B, T) = {(B, T)} or (1, T), got {tuple(position_ids.shape)}")
+            if bool((position_ids < 0).any()):
+                raise ValueError("position_ids must be >= 0")
+            position_ids = position_ids.long().expand(B, T)
+        if cfg.pos_emb == "learned" and int(position_ids.max()) >= cfg.block_size:
+            raise ValueError(f"position {int(position_ids.max())} >= block_size {cfg.block_size}: a learned position "
+                             "table has no rows past block_size (crop the input, or use rope/alibi)")
+        # TODO(9): token embeddings (+ learned or sinusoidal positions at position_ids), dropout; RoPE tables for position_ids (self._rope_tables) or ALiBi bias for the last T rows of T_k; mask: None when T == T_k and no attention_mask, else build_attention_mask; run the blocks (with the cache); keep the last logits_to_keep positions; final norm; head; float32 logits; cross-entropy with ignore_index=-100 (hard, ~30 min)
+        raise NotImplementedError("TODO(9)")
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Autoregressive sampling (no KV cache: each step re-reads the last block_size tokens).
+                 top_k: int | None = None, top_p: float | None = None,
+                 generator: torch.Generator | None = None, eos_token_id: int | None = None) -> torch.Tensor:
+        """Autoregressive sampling, no KV cache: each step re-reads the last block_size tokens
+        and computes the logits of the last position only (``logits_to_keep=1``).
+
+        The next-token logits are divided by ``temperature``, then top-k keeps the k largest,
+        then top-p (nucleus, Holtzman et al. 2020) keeps the smallest set of most likely tokens
+        whose probability sums to at least ``top_p`` (HF's ``TopPLogitsWarper`` rule: the most
+        likely token always stays); the rest are set to -inf before the softmax.
 
         Args:
             idx: (B, T) int64 prompt ids.
             max_new_tokens: tokens to append, >= 0.
-            temperature: divides the logits; 0 means greedy (argmax).
+            temperature: divides the logits (finite, >= 0); 0 means greedy (argmax).
             top_k: sample only among the k most likely tokens (None: all).
+            top_p: nucleus threshold in (0, 1] (None or 1.0: no nucleus filter).
             generator: optional torch.Generator for reproducible sampling.
+            eos_token_id: optional end-of-sequence id: a row that has produced it keeps
+                producing it, and generation stops early once every row has.
 
         Returns:
-            (B, T + max_new_tokens) int64. Call ``model.eval()`` first to switch dropout off.
+            (B, T + n) int64, n <= max_new_tokens (n < max_new_tokens only when every row
+            reached ``eos_token_id``). Call ``model.eval()`` first to switch dropout off.
 
         Raises:
-            ValueError: negative max_new_tokens or temperature, top_k < 1.
+            ValueError: negative max_new_tokens, negative/NaN/inf temperature, top_k < 1,
+                top_p outside (0, 1], eos_token_id outside the vocabulary.
         """
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-        # TODO(8): loop: crop to the last block_size tokens, logits of the last position, greedy if temperature == 0 else divide by temperature, keep the top_k (others -inf), softmax, multinomial, append (medium, ~15 min)
-        raise NotImplementedError("TODO(8)")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be an int >= 1 or None, got {top_k!r}")
+        if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+        if eos_token_id is not None and not (isinstance(eos_token_id, int) and 0 <= eos_token_id < self.config.vocab_size):
+            raise ValueError(f"eos_token_id must be an id in [0, {self.config.vocab_size}), got {eos_token_id!r}")
+        # TODO(10): loop: crop to the last block_size tokens, logits of the last position only (logits_to_keep=1), greedy if temperature == 0 else divide by temperature, top_k (others -inf), top_p on the sorted cumulative softmax, softmax, multinomial; rows that produced eos keep producing it; stop when all have; append (medium, ~25 min)
+        raise NotImplementedError("TODO(10)")
+
+    def configure_optimizers(self, weight_decay: float, learning_rate: float,
+                             betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8) -> torch.optim.AdamW:
+        """AdamW with two parameter groups (the GPT-2/nanoGPT recipe).
+
+        Weight decay applies only to the 2-D weight matrices of ``nn.Linear`` layers (attention,
+        MLP and an untied LM head). Norm weights, biases, and embeddings (token, learned
+        positions, and the tied head, which *is* the token embedding) are not decayed:
+        shrinking a gain or a bias toward 0 is not a sensible prior, and an embedding row is
+        only updated when its token appears, so uniform decay would erase rare tokens.
+        Parameters with ``requires_grad=False`` (frozen, e.g. under LoRA) are left out.
+
+        Returns:
+            ``torch.optim.AdamW`` whose ``param_groups[0]`` is the decayed group
+            (``weight_decay``) and ``param_groups[1]`` the rest (0.0). Each trainable
+            parameter is in exactly one group, once.
+
+        Raises:
+            ValueError: negative or non-finite weight_decay, learning_rate <= 0, betas not in [0, 1).
+        """
+        if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+        if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
+            raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        # TODO(11): ids of the 2-D weights of nn.Linear modules minus the token embedding (the tied head); walk self.parameters() (which yields a tied Parameter once), trainable only, into decay / no_decay; AdamW with the two groups (easy, ~10 min)
+        raise NotImplementedError("TODO(11)")
+
+    def estimate_flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs (forward + backward) per token: ``6·N + 12·n_layer·d_model·T``.
+
+        Kaplan et al. 2020 (section 2.1) and the PaLM paper (appendix B): a matmul with an
+        (in, out) weight costs 2·in·out FLOPs per token forward and twice that backward (the
+        gradients of the input and of the weight), so 6 per weight. N counts the weights of every
+        matmul: all ``nn.Linear`` weights, the LM head included even when tied (tying shares
+        the memory, not the compute); embedding lookups, norms and biases are not matmuls and
+        are left out (Kaplan's "non-embedding" N differs by the norms and biases only, < 1%
+        at any real size). The attention scores QK^T and the weighted sum AV cost
+        2·T·d_model FLOPs each per token per layer forward, so 12·n_layer·d_model·T for
+        training, counting the full T x T matrix as the papers and nanoGPT do (a causal
+        kernel can skip the masked half). Softmax, norms and elementwise ops are not counted.
+
+        Args:
+            seq_len: the context length T of the training sequences (default ``block_size``).
+
+        Returns:
+            FLOPs per token, a float. Multiply by tokens/s and divide by the hardware's peak
+            FLOP/s for MFU (:meth:`estimate_mfu`).
+        """
+        T = self.config.block_size if seq_len is None else seq_len
+        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+            raise ValueError(f"seq_len must be an int >= 1, got {seq_len!r}")
+        # TODO(12): N = sum of numel of every nn.Linear weight (the head counts, tied or not: use self.modules()); return 6 * N + 12 * n_layer * d_model * T (easy, ~10 min)
+        raise NotImplementedError("TODO(12)")
+
+    def estimate_mfu(self, tokens_per_s: float, peak_flops: float, seq_len: int | None = None) -> float:
+        """Model FLOPs utilization: ``estimate_flops_per_token(seq_len) * tokens_per_s / peak_flops``.
+
+        ``peak_flops`` is the accelerator's dense peak for the dtype in use (for example
+        989e12 for BF16 on an H100 SXM, from NVIDIA's datasheet). Raises ValueError on
+        non-positive inputs.
+        """
+        if not (tokens_per_s > 0 and peak_flops > 0 and math.isfinite(tokens_per_s) and math.isfinite(peak_flops)):
+            raise ValueError(f"tokens_per_s and peak_flops must be finite and > 0, got {tokens_per_s!r}, {peak_flops!r}")
+        return self.estimate_flops_per_token(seq_len) * tokens_per_s / peak_flops
 
 
 # ============================================================================ Hugging Face interop
@@ -415,8 +667,23 @@ def config_from_hf(hf_config: Any, **overrides: Any) -> GPTConfig:
     else:
         raise ValueError(f"config_from_hf supports model_type 'gpt2' and 'llama', got {kind!r}")
     if overrides:
-        base = GPTConfig(**{**base.__dict__, **overrides})
+        base = replace(base, **overrides)
     return base
+
+
+def _check_gpt2_style(cfg: GPTConfig, who: str) -> None:
+    if (cfg.norm, cfg.mlp, cfg.pos_emb, cfg.bias, cfg.resolved_n_kv_head) != ("layernorm", "gelu", "learned", True,
+                                                                            cfg.n_head):
+        raise ValueError(f"{who} needs a GPT-2-style MiniGPT (layernorm, gelu, learned positions, biases, MHA: "
+                         f"GPTConfig.gpt2_style / config_from_hf), got norm={cfg.norm!r}, mlp={cfg.mlp!r}, "
+                         f"pos_emb={cfg.pos_emb!r}, bias={cfg.bias}, n_kv_head={cfg.resolved_n_kv_head}")
+
+
+def _check_llama_style(cfg: GPTConfig, who: str) -> None:
+    if (cfg.norm, cfg.mlp, cfg.pos_emb, cfg.bias) != ("rmsnorm", "swiglu", "rope", False):
+        raise ValueError(f"{who} needs a Llama-style MiniGPT (rmsnorm, swiglu, rope, no biases: "
+                         f"GPTConfig.llama_style / config_from_hf), got norm={cfg.norm!r}, mlp={cfg.mlp!r}, "
+                         f"pos_emb={cfg.pos_emb!r}, bias={cfg.bias}")
 
 
 def _copy(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
@@ -440,10 +707,9 @@ def load_hf_gpt2_weights(model: MiniGPT, hf_model: nn.Module) -> MiniGPT:
         ValueError: the MiniGPT is not GPT-2 style or any shape differs.
     """
     cfg = model.config
-    if (cfg.norm, cfg.mlp, cfg.pos_emb, cfg.bias, cfg.n_kv_head) != ("layernorm", "gelu", "learned", True, cfg.n_head):
-        raise ValueError("load_hf_gpt2_weights needs a GPT-2-style MiniGPT (GPTConfig.gpt2_style / config_from_hf)")
-    # TODO(9): wte/wpe -> tok_emb/pos_emb; per layer ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj (Conv1D weights transposed!), then ln_f and the (tied or not) head (medium, ~20 min)
-    raise NotImplementedError("TODO(9)")
+    _check_gpt2_style(cfg, "load_hf_gpt2_weights")
+    # TODO(13): wte/wpe -> tok_emb/pos_emb; per layer ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj (Conv1D weights transposed!), then ln_f and the (tied or not) head (medium, ~20 min)
+    raise NotImplementedError("TODO(13)")
     return model
 
 
@@ -463,11 +729,91 @@ def load_hf_llama_weights(model: MiniGPT, hf_model: nn.Module) -> MiniGPT:
         ValueError: the MiniGPT is not Llama style or any shape differs.
     """
     cfg = model.config
-    if (cfg.norm, cfg.mlp, cfg.pos_emb, cfg.bias) != ("rmsnorm", "swiglu", "rope", False):
-        raise ValueError("load_hf_llama_weights needs a Llama-style MiniGPT (GPTConfig.llama_style / config_from_hf)")
-    # TODO(10): embed_tokens; per layer cat(q_proj, k_proj, v_proj) rows -> qkv, o_proj, gate/up/down, the two RMSNorms; model.norm; lm_head unless tied (medium, ~15 min)
-    raise NotImplementedError("TODO(10)")
+    _check_llama_style(cfg, "load_hf_llama_weights")
+    # TODO(14): embed_tokens; per layer cat(q_proj, k_proj, v_proj) rows -> qkv, o_proj, gate/up/down, the two RMSNorms; model.norm; lm_head unless tied (medium, ~15 min)
+    raise NotImplementedError("TODO(14)")
     return model
+
+
+# ============================================================================ export to Hugging Face
+def _hf_dtype(model: MiniGPT) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+@torch.no_grad()
+def to_hf_llama(model: MiniGPT, **config_kwargs: Any) -> nn.Module:
+    """Export a Llama-style MiniGPT as a HF ``LlamaForCausalLM`` (the inverse of
+    :func:`load_hf_llama_weights`).
+
+    The config maps one to one: hidden_size = d_model, intermediate_size = resolved_d_ff,
+    num_key_value_heads = resolved_n_kv_head (GQA), head_dim = d_head,
+    max_position_embeddings = block_size, rms_norm_eps = norm_eps,
+    ``rope_parameters = {"rope_type": "default", "rope_theta": rope_theta}``,
+    tie_word_embeddings = tie_weights. Our fused ``qkv`` is split back into q_proj, k_proj,
+    v_proj. The result is in eval mode, in the model's dtype, and ``save_pretrained`` /
+    ``from_pretrained`` round-trip it (a tied head is stored once and re-tied on load).
+
+    Args:
+        model: a MiniGPT built with ``GPTConfig.llama_style`` (or ``config_from_hf``).
+        **config_kwargs: extra ``LlamaConfig`` fields, typically ``bos_token_id``,
+            ``eos_token_id``, ``pad_token_id`` of your tokenizer.
+
+    Returns:
+        ``transformers.LlamaForCausalLM`` whose logits equal ``model``'s.
+
+    Raises:
+        ValueError: the model is not Llama style.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = model.config
+    _check_llama_style(cfg, "to_hf_llama")
+    fields: dict[str, Any] = dict(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.resolved_d_ff,
+        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.resolved_n_kv_head,
+        head_dim=cfg.d_head, max_position_embeddings=cfg.block_size, rms_norm_eps=cfg.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
+        tie_word_embeddings=cfg.tie_weights, hidden_act="silu", attention_bias=False, mlp_bias=False,
+        attention_dropout=0.0, initializer_range=cfg.init_std)
+    hf = LlamaForCausalLM(LlamaConfig(**{**fields, **config_kwargs})).to(_hf_dtype(model))
+    # TODO(15): the loader's mapping read backwards: embed_tokens; per layer split qkv rows into q (n_head*d_head), k and v (n_kv_head*d_head each), o_proj, gate/up/down, the two RMSNorms; model.norm; lm_head only when untied (HF re-ties it) (easy, ~15 min)
+    raise NotImplementedError("TODO(15)")
+    return hf.eval()
+
+
+@torch.no_grad()
+def to_hf_gpt2(model: MiniGPT, **config_kwargs: Any) -> nn.Module:
+    """Export a GPT-2-style MiniGPT as a HF ``GPT2LMHeadModel`` (the inverse of
+    :func:`load_hf_gpt2_weights`).
+
+    Config: n_embd = d_model, n_inner = resolved_d_ff, n_positions = block_size,
+    layer_norm_epsilon = norm_eps, activation_function = "gelu_new" (the tanh GELU),
+    tie_word_embeddings = tie_weights, dropouts 0. HF's ``Conv1D`` stores (in, out), so every
+    projection is transposed on the way out. ``bos_token_id``/``eos_token_id`` default to
+    GPT-2's 50256 only when the vocabulary has that id, else to None; pass your own in
+    ``config_kwargs``.
+
+    Returns:
+        ``transformers.GPT2LMHeadModel`` in eval mode whose logits equal ``model``'s.
+
+    Raises:
+        ValueError: the model is not GPT-2 style.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = model.config
+    _check_gpt2_style(cfg, "to_hf_gpt2")
+    special = 50256 if cfg.vocab_size > 50256 else None
+    fields: dict[str, Any] = dict(
+        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.d_model, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, n_inner=cfg.resolved_d_ff, activation_function="gelu_new",
+        layer_norm_epsilon=cfg.norm_eps, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        tie_word_embeddings=cfg.tie_weights, initializer_range=cfg.init_std,
+        bos_token_id=special, eos_token_id=special)
+    hf = GPT2LMHeadModel(GPT2Config(**{**fields, **config_kwargs})).to(_hf_dtype(model))
+    # TODO(16): tok_emb/pos_emb -> wte/wpe; per layer ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj (transpose the Linear weights into Conv1D's (in, out)), biases; ln_f; lm_head only when untied (easy, ~15 min)
+    raise NotImplementedError("TODO(16)")
+    return hf.eval()
 
 
 # ============================================================================ data and training
@@ -497,6 +843,8 @@ def train(model: MiniGPT, train_data: torch.Tensor, val_data: torch.Tensor, *, s
           eval_batches: int = 8, seed: int = 0, progress: bool = True) -> dict[str, list[tuple[int, float]]]:
     """A plain AdamW loop on random block_size windows (cosine decay to 10% of lr, no warmup).
 
+    The optimizer comes from ``model.configure_optimizers`` (decay on matrices only).
+
     Returns:
         ``{"train": [(step, loss)...], "val": [(step, mean loss)...]}``; val is measured at
         step 0, every ``eval_every`` steps and at the end, on fixed batches.
@@ -507,7 +855,7 @@ def train(model: MiniGPT, train_data: torch.Tensor, val_data: torch.Tensor, *, s
     g = torch.Generator().manual_seed(seed)
     val_g = torch.Generator().manual_seed(seed + 1)
     val_batches = [_batch(val_data, batch_size, T, val_g) for _ in range(eval_batches)]
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99))
+    opt = model.configure_optimizers(weight_decay, lr, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     hist: dict[str, list[tuple[int, float]]] = {"train": [], "val": []}

@@ -55,7 +55,7 @@ def test_bad_config_raises_clear_valueerror(lab, kw, needle):
 def test_presets_have_the_right_switches(lab):
     g = lab.GPTConfig.gpt2_style(vocab_size=V, block_size=16, n_layer=1, n_head=4, d_model=32)
     m = lab.GPTConfig.llama_style(vocab_size=V, block_size=16, n_layer=1, n_head=4, n_kv_head=2, d_model=32)
-    assert (g.norm, g.mlp, g.pos_emb, g.bias, g.tie_weights, g.d_ff) == ("layernorm", "gelu", "learned", True, True, 128)
+    assert (g.norm, g.mlp, g.pos_emb, g.bias, g.tie_weights, g.resolved_d_ff) == ("layernorm", "gelu", "learned", True, True, 128)
     assert (m.norm, m.mlp, m.pos_emb, m.bias, m.tie_weights, m.n_kv_head) == ("rmsnorm", "swiglu", "rope", False, False, 2)
 
 
