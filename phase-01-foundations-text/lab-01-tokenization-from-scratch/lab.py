@@ -30,6 +30,7 @@ Run ``python solution.py`` for the benchmark on Tiny Shakespeare and WikiText-2
 from __future__ import annotations
 
 import argparse
+import operator
 import sys
 import time
 from collections import Counter
@@ -57,12 +58,19 @@ def _check_specials(special_tokens: Sequence[str]) -> tuple[str, ...]:
 
 
 def _check_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
-    out = list(ids)
-    for i in out:
-        if isinstance(i, bool) or not isinstance(i, int):
-            raise TypeError(f"token ids must be ints, got {i!r} of type {type(i).__name__}")
-        if not 0 <= i < vocab_size:
-            raise ValueError(f"token id {i} is outside [0, {vocab_size}) for this vocabulary")
+    """Ids as Python ints. Any integer type is accepted (``np.int64`` items of an array, a
+    0-d integer tensor: whatever implements ``__index__``); bools, floats and strings are not."""
+    out = []
+    for i in ids:
+        try:
+            if isinstance(i, bool):
+                raise TypeError
+            j = operator.index(i)
+        except TypeError:
+            raise TypeError(f"token ids must be ints, got {i!r} of type {type(i).__name__}") from None
+        if not 0 <= j < vocab_size:
+            raise ValueError(f"token id {j} is outside [0, {vocab_size}) for this vocabulary")
+        out.append(j)
     return out
 
 
@@ -163,6 +171,7 @@ class VocabTokenizer:
                              "(unknown pieces map to it)")
         self.token_to_id: dict[str, int] = {s: i for i, s in enumerate(self.special_tokens)}
         self.id_to_token: list[str] = list(self.special_tokens)
+        self.trained = False  # encode() refuses to run before train(): it would map every piece to <unk>
 
     @property
     def vocab_size(self) -> int:
@@ -199,6 +208,7 @@ class VocabTokenizer:
             counts.update(self.pre_tokenize(t))
         self.token_to_id = build_vocab(counts, min_freq, self.special_tokens, max_size)
         self.id_to_token = sorted(self.token_to_id, key=self.token_to_id.__getitem__)
+        self.trained = True
         return self
 
     def encode(self, text: str, allow_special: bool = False) -> list[int]:
@@ -212,9 +222,14 @@ class VocabTokenizer:
 
         Raises:
             TypeError: ``text`` is not a str.
+            ValueError: the tokenizer was never trained (its vocabulary holds only the special
+                tokens, so every piece would silently become ``<unk>``).
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if not self.trained:
+            raise ValueError(f"this {type(self).__name__} has not been trained: call train(texts) "
+                             "first, or every piece would encode as <unk>")
         # TODO(4): if allow_special, split_special first and emit special ids directly; pre_tokenize the other segments and look each piece up, with unk_id for unknown pieces AND for pieces that land on a reserved id (medium, ~15 min)
         raise NotImplementedError("TODO(4)")
 

@@ -53,15 +53,18 @@ def _token_ends(enc, text: str) -> set[int]:
 # ---------------------------------------------------------------------------- build_vocab
 
 def test_build_vocab_specials_first_then_by_frequency(lab):
-    counts = Counter({"the": 5, "cat": 2, "sat": 2, "on": 1, "<eos>": 7})
+    # equal counts inserted out of alphabetical order, so insertion order cannot pass for the tie-break
+    counts = Counter({"the": 5, "sat": 2, "mat": 2, "cat": 2, "on": 1, "<eos>": 7})
     vocab = lab.build_vocab(counts, min_freq=1, special_tokens=("<pad>", "<unk>", "<eos>"))
     assert [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])][:3] == ["<pad>", "<unk>", "<eos>"], (
         "special tokens must take ids 0..k-1 in the order given")
     assert sorted(vocab.values()) == list(range(len(vocab))), "ids must be exactly 0..len(vocab)-1, no gaps"
-    assert len(vocab) == 7, "a counted token equal to a special ('<eos>') must not get a second id"
+    assert len(vocab) == 8, "a counted token equal to a special ('<eos>') must not get a second id"
     assert vocab["the"] == 3, "the most frequent ordinary token gets the first id after the specials"
-    assert (vocab["cat"], vocab["sat"]) == (4, 5), "equal counts: break ties by the token string"
-    assert vocab["on"] == 6
+    assert (vocab["cat"], vocab["mat"], vocab["sat"]) == (4, 5, 6), (
+        f"three tokens seen twice got ids cat={vocab['cat']}, mat={vocab['mat']}, sat={vocab['sat']}: "
+        "equal counts must be ordered by the token string (ascending), not by the order they were counted")
+    assert vocab["on"] == 7
 
 
 def test_build_vocab_min_freq_and_max_size(lab):
@@ -282,6 +285,29 @@ def test_bad_input_raises(lab, cls):
         tok.decode([-1])
     with pytest.raises(TypeError):
         tok.encode(b"bytes")
+
+
+@pytest.mark.given
+@pytest.mark.parametrize("cls", ["WhitespaceTokenizer", "RegexTokenizer"])
+def test_untrained_tokenizer_refuses_to_encode(lab, cls):
+    with pytest.raises(ValueError, match="train"):
+        getattr(lab, cls)().encode("hello world")
+
+
+@pytest.mark.given
+def test_decode_accepts_numpy_integers_and_refuses_floats(lab):
+    import numpy as np
+
+    tok = lab.ByteLevelTokenizer()
+    ids = np.array(tok.encode("héllo"), dtype=np.int64)
+    assert tok.decode(ids) == "héllo", "ids from a NumPy array (np.int64) are ints too"
+    assert tok.decode(list(ids.astype(np.int32))) == "héllo"
+    with pytest.raises(TypeError):
+        tok.decode([104.0])
+    with pytest.raises(TypeError):
+        tok.decode([True])
+    with pytest.raises(ValueError, match="outside"):
+        tok.decode(np.array([tok.vocab_size]))
 
 
 def test_token_counts_against_tiktoken_on_shakespeare(lab, corpora, gpt2):

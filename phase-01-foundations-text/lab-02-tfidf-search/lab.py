@@ -180,7 +180,7 @@ class TfidfVectorizer:
                  norm: str | None = "l2", min_df: int = 1) -> None:
         if norm not in ("l2", "l1", None):
             raise ValueError(f"norm must be 'l2', 'l1' or None, got {norm!r}")
-        if isinstance(min_df, bool) or not isinstance(min_df, int) or min_df < 1:
+        if isinstance(min_df, bool) or not isinstance(min_df, (int, np.integer)) or min_df < 1:
             raise ValueError(f"min_df must be an int >= 1 (a document count), got {min_df!r}")
         self.sublinear_tf = bool(sublinear_tf)
         self.smooth_idf = bool(smooth_idf)
@@ -257,24 +257,38 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     instead of sorting all ``n`` scores.
 
     Args:
-        scores: shape ``(n,)``, any float dtype.
+        scores: shape ``(n,)``, any float dtype. ``+inf`` and ``-inf`` are ordinary values
+            (``-inf`` is how a caller rules a document out: it can only come last).
         k: how many to return; values above ``n`` return all ``n``.
 
     Returns:
         int64 array of shape ``(min(k, n),)``.
 
     Raises:
-        ValueError: ``k < 1`` or ``scores`` is not one-dimensional.
+        ValueError: ``k < 1``, ``scores`` is not one-dimensional, or a score is NaN (NaN has
+            no place in an ordering; ``np.partition`` would treat it as the largest value).
     """
     scores = np.asarray(scores)
     if scores.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {scores.shape}")
+    if np.issubdtype(scores.dtype, np.floating) and np.isnan(scores).any():
+        raise ValueError(f"scores contain NaN at index {int(np.flatnonzero(np.isnan(scores))[0])}: "
+                         "a NaN cannot be ranked (a 0/0 in the scoring?)")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     n = scores.shape[0]
     k = min(int(k), n)
     # TODO(6): argpartition for the k best candidates, then order them by (-score, index); handle ties at the k-th score so the lowest indices win (easy, ~10 min)
     raise NotImplementedError("TODO(6)")
+
+
+def _hits(scores: np.ndarray, candidates: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """``(doc_index, score)`` of the best ``k`` among ``candidates`` (sorted doc indices)."""
+    if candidates.size == 0:
+        top_k(scores, k)  # still validates k
+        return []
+    best = candidates[top_k(scores[candidates], k)]  # candidates ascending: ties keep the lower index
+    return [(int(i), float(scores[i])) for i in best]
 
 
 class TfidfSearchIndex:
@@ -310,9 +324,13 @@ class TfidfSearchIndex:
         return np.asarray(self.X_csc[:, q.indices] @ q.data).ravel()
 
     def search(self, query: str, k: int = 10) -> list[tuple[int, float]]:
-        """The ``k`` best ``(doc_index, cosine)`` pairs, best first."""
+        """The ``k`` best ``(doc_index, cosine)`` pairs, best first.
+
+        Only documents that share at least one term with the query are hits (cosine > 0, as
+        every TF-IDF weight is positive), so the list can be shorter than ``k``; an empty or
+        all-unknown query returns ``[]`` rather than ``k`` arbitrary zero-score documents."""
         scores = self.get_scores(query)
-        return [(int(i), float(scores[i])) for i in top_k(scores, k)]
+        return _hits(scores, np.flatnonzero(scores > 0), k)
 
 
 # ----------------------------------------------------------------------------------------
@@ -371,16 +389,18 @@ class BM25:
         idf_variant: ``"okapi"`` (rank_bm25) or ``"lucene"``.
 
     Raises:
-        ValueError: ``k1 < 0``, ``b`` outside ``[0, 1]``, an empty corpus, or scoring
-            before ``fit``.
+        ValueError: ``k1`` negative, NaN or inf; ``b`` outside ``[0, 1]`` (NaN included);
+            ``epsilon`` NaN or inf; an empty corpus; or scoring before ``fit``.
     """
 
     def __init__(self, k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25,
                  idf_variant: str = "okapi") -> None:
-        if k1 < 0:
-            raise ValueError(f"k1 must be >= 0, got {k1}")
+        if not (math.isfinite(k1) and k1 >= 0):  # k1 < 0 alone lets NaN through: every score NaN
+            raise ValueError(f"k1 must be a finite number >= 0, got {k1}")
         if not 0.0 <= b <= 1.0:
             raise ValueError(f"b must be in [0, 1], got {b}")
+        if not math.isfinite(epsilon):
+            raise ValueError(f"epsilon must be a finite number, got {epsilon}")
         if idf_variant not in ("okapi", "lucene"):
             raise ValueError(f"idf_variant must be 'okapi' or 'lucene', got {idf_variant!r}")
         self.k1, self.b, self.epsilon, self.idf_variant = float(k1), float(b), float(epsilon), idf_variant
@@ -417,20 +437,28 @@ class BM25:
         ``query`` is a string (tokenized with :func:`tokenize`) or a token list. Unknown
         terms contribute nothing.
         """
+        cols, weights = self._query_columns(query)
+        if cols.size == 0:
+            return np.zeros(self.n_docs)
+        return np.asarray(self.W_csc[:, cols] @ weights).ravel()
+
+    def _query_columns(self, query: str | list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Vocabulary columns of the query's known terms and how often each occurs."""
         if self.W_csc is None or self.vocabulary_ is None:
             raise ValueError("BM25 index is empty: call fit(docs) first")
         tokens = tokenize(query) if isinstance(query, str) else list(query)
         qcounts = Counter(self.vocabulary_[t] for t in tokens if t in self.vocabulary_)
-        if not qcounts:
-            return np.zeros(self.n_docs)
         cols = np.fromiter(qcounts.keys(), dtype=np.int64, count=len(qcounts))
-        weights = np.fromiter(qcounts.values(), dtype=np.float64, count=len(qcounts))
-        return np.asarray(self.W_csc[:, cols] @ weights).ravel()
+        return cols, np.fromiter(qcounts.values(), dtype=np.float64, count=len(qcounts))
 
     def search(self, query: str, k: int = 10) -> list[tuple[int, float]]:
-        """The ``k`` best ``(doc_index, score)`` pairs, best first."""
+        """The ``k`` best ``(doc_index, score)`` pairs, best first.
+
+        Only documents containing at least one query term are hits (so the list can be
+        shorter than ``k``); an empty or all-unknown query returns ``[]``."""
         scores = self.get_scores(query)
-        return [(int(i), float(scores[i])) for i in top_k(scores, k)]
+        cols, _ = self._query_columns(query)
+        return _hits(scores, np.unique(self.W_csc[:, cols].indices), k)
 
 
 # ----------------------------------------------------------------------------------------
@@ -452,14 +480,25 @@ def ndcg_at_k(ranking: Sequence[int], gains: dict[int, float], k: int = 10) -> f
         a float in ``[0, 1]``; 0.0 when no document has positive gain.
 
     Raises:
-        ValueError: ``k < 1`` or a negative gain.
+        ValueError: ``k < 1``, a negative or NaN gain, or a document id that appears twice in
+            ``ranking`` (it would collect its gain twice and push nDCG above 1).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if any(g < 0 for g in gains.values()):
-        raise ValueError("gains must be >= 0 (map 'not relevant' to 0 before calling)")
+    if any(not g >= 0 for g in gains.values()):
+        raise ValueError("gains must be >= 0 and not NaN (map 'not relevant' to 0 before calling)")
+    _check_unique(ranking)
     # TODO(9): DCG of the first k ranked ids, divided by the DCG of the k largest gains sorted descending; discount 1 / log2(rank + 1) with rank starting at 1 (medium, ~15 min)
     raise NotImplementedError("TODO(9)")
+
+
+def _check_unique(ranking: Sequence[int]) -> None:
+    seen: set = set()
+    for d in ranking:
+        if d in seen:
+            raise ValueError(f"document id {d!r} appears twice in the ranking: a ranking lists each "
+                             "document once (duplicates would count its relevance twice)")
+        seen.add(d)
 
 
 def average_precision(ranking: Sequence[int], relevant: set[int] | Iterable[int]) -> float:
@@ -472,7 +511,11 @@ def average_precision(ranking: Sequence[int], relevant: set[int] | Iterable[int]
 
     Returns:
         a float in ``[0, 1]``; 0.0 when ``relevant`` is empty.
+
+    Raises:
+        ValueError: a document id appears twice in ``ranking`` (AP could exceed 1).
     """
+    _check_unique(ranking)
     relevant = set(relevant)
     if not relevant:
         return 0.0
@@ -855,6 +898,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "search":
         if args.top < 1:
             p.error("--top must be >= 1")
+        if args.bench_queries < 1:
+            p.error(f"--bench-queries must be >= 1 (the latency table needs queries), got {args.bench_queries}")
         return search_cli(args.query, args.top, args.method, args.bench_queries)
     return self_test(full=args.full)
 

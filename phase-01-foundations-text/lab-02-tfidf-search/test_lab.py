@@ -240,7 +240,8 @@ def test_bm25_lucene_idf_is_positive(lab):
     assert (got > 0).all()
 
 
-@pytest.mark.parametrize("kwargs", [{"k1": -1.0}, {"b": 1.5}, {"idf_variant": "bm42"}])
+@pytest.mark.parametrize("kwargs", [{"k1": -1.0}, {"b": 1.5}, {"idf_variant": "bm42"}, {"k1": float("nan")},
+                                    {"k1": float("inf")}, {"b": float("nan")}, {"epsilon": float("nan")}])
 def test_bm25_bad_options(lab, kwargs):
     with pytest.raises(ValueError):
         lab.BM25(**kwargs)
@@ -343,3 +344,59 @@ def test_known_item_search_over_corpus(lab, corpus):
             top = engine.search(texts[i], 3)
             assert texts[top[0][0]] == texts[i], (
                 "searching with a document's own text must return that document (or an exact duplicate) first")
+
+
+# ------------------------------------------------------------------------------ bad input
+
+@pytest.mark.given
+def test_top_k_refuses_nan_and_ranks_infinities(lab):
+    with pytest.raises(ValueError, match="NaN"):
+        lab.top_k(np.array([0.5, np.nan, 0.2]), 2)
+    s = np.array([1.0, -np.inf, np.inf, 2.0])
+    assert lab.top_k(s, 4).tolist() == [2, 3, 0, 1], "+inf ranks first and -inf last, like any other value"
+    assert lab.top_k(np.array([3, 1, 2]), np.int64(2)).tolist() == [0, 2], "integer scores and a NumPy k are fine"
+
+
+@pytest.mark.given
+def test_metrics_refuse_duplicate_document_ids(lab):
+    with pytest.raises(ValueError, match="twice"):
+        lab.average_precision([1, 1, 1], {1})  # would be (1 + 2/2 + 3/3) / 1 = 3 without the check
+    with pytest.raises(ValueError, match="twice"):
+        lab.ndcg_at_k([5, 5, 1], {5: 3, 1: 1}, k=3)
+    with pytest.raises(ValueError, match="NaN"):
+        lab.ndcg_at_k([1], {1: float("nan")}, k=3)
+    assert lab.ndcg_at_k(np.array([5, 1, 2]), {5: 3, 1: 2}, k=np.int64(2)) == pytest.approx(1.0), (
+        "NumPy integer ids and k are ordinary ints")
+
+
+@pytest.fixture(scope="module")
+def small_engines(lab, cranfield):
+    docs = cranfield[0][:200]
+    return lab.TfidfSearchIndex().fit(docs), lab.BM25().fit(docs)
+
+
+@pytest.mark.given
+@pytest.mark.parametrize("query", ["", "   ", "zzzunseen qqqxyz", "a . ,"])
+def test_search_with_no_known_term_has_no_hits(lab, small_engines, query):
+    for engine in small_engines:
+        assert engine.search(query, 5) == [], (
+            f"{type(engine).__name__}.search({query!r}) must return no hits: no document shares a term with it")
+
+
+@pytest.mark.given
+def test_search_returns_only_documents_that_share_a_term(lab, small_engines, cranfield):
+    docs = cranfield[0][:200]
+    for engine in small_engines:
+        hits = engine.search("wedge zzzunseen", 50)
+        assert hits, "some abstracts mention a wedge"
+        assert all("wedge" in lab.tokenize(docs[i]) for i, _ in hits), (
+            "a document without any query term is not a hit, whatever its (zero) score")
+        assert len(hits) == sum("wedge" in lab.tokenize(d) for d in docs)
+
+
+@pytest.mark.given
+def test_cli_refuses_zero_bench_queries(lab, capsys):
+    with pytest.raises(SystemExit) as exc:
+        lab.main(["search", "wing", "--bench-queries", "0"])
+    assert exc.value.code == 2
+    assert "--bench-queries" in capsys.readouterr().err

@@ -31,6 +31,33 @@ HERE = Path(__file__).resolve().parent
 ev = load_lab("2.3")  # the evaluation harness: WordVectors, evaluate_all, load_text8_words, ...
 
 
+# ----------------------------------------------------------------------------- input checks
+def _check_counts(counts: object) -> np.ndarray:
+    """Word counts as float64 ``(V,)``: finite, non-negative, not all zero."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or len(counts) == 0:
+        raise ValueError(f"counts must be a non-empty 1-D array, got shape {counts.shape}")
+    if not np.isfinite(counts).all():
+        raise ValueError("counts contain NaN or inf")
+    if (counts < 0).any():
+        raise ValueError("counts must be >= 0")
+    if counts.sum() == 0:
+        raise ValueError("every count is zero: there is no distribution to sample from")
+    return counts
+
+
+def _check_ids(name: str, ids: torch.Tensor, vocab_size: int, ndim: int) -> None:
+    """Token-id tensors reaching an embedding table: int64, ``ndim`` dims, values in [0, V)."""
+    if not isinstance(ids, torch.Tensor) or ids.dtype != torch.long:
+        raise TypeError(f"{name} must be an int64 (torch.long) tensor, got "
+                        f"{getattr(ids, 'dtype', type(ids).__name__)}")
+    if ids.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(ids.shape)}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(f"{name} has ids outside [0, {vocab_size}): min {int(ids.min())}, "
+                         f"max {int(ids.max())} (an id from another vocabulary?)")
+
+
 # ----------------------------------------------------------------------------- vocabulary
 @dataclass
 class Vocab:
@@ -72,17 +99,24 @@ def keep_probabilities(counts: np.ndarray, sample: float = 1e-3) -> np.ndarray:
 
     With ``f = count / total`` the word's frequency, ``p_keep = (sqrt(f / sample) + 1) * sample / f``
     clipped to 1. Words much rarer than ``sample`` are always kept; "the" (f ~ 6%) keeps ~15%
-    of its occurrences with sample=1e-3. ``sample <= 0`` switches subsampling off.
+    of its occurrences with sample=1e-3. ``sample <= 0`` switches subsampling off. A word
+    with count 0 (never seen) gets 1.0: the formula's limit as f -> 0, and it never occurs.
 
     Returns:
         float64 array of shape ``(V,)`` with values in (0, 1].
+
+    Raises:
+        ValueError: counts that are NaN/inf, negative or all zero, or a NaN/inf ``sample``.
     """
-    counts = np.asarray(counts, dtype=np.float64)
+    counts = _check_counts(counts)
+    if not np.isfinite(sample):
+        raise ValueError(f"sample must be a finite number, got {sample!r}")
     if sample <= 0:
         return np.ones_like(counts)
-    # BEGIN SOLUTION the word2vec C formula: (sqrt(f/t) + 1) * t/f, capped at 1 (easy, ~10 min)
+    # BEGIN SOLUTION the word2vec C formula: (sqrt(f/t) + 1) * t/f, capped at 1; f = 0 gives 1 (easy, ~10 min)
     f = counts / counts.sum()
-    return np.minimum(1.0, (np.sqrt(f / sample) + 1.0) * sample / f)
+    with np.errstate(divide="ignore"):  # f = 0 -> t / 0 = inf -> capped to 1
+        return np.minimum(1.0, (np.sqrt(f / sample) + 1.0) * sample / f)
     # END SOLUTION
 
 
@@ -126,18 +160,22 @@ class NegativeSampler:
     """Draw negatives from the unigram distribution raised to ``power`` (0.75 in word2vec).
 
     Args:
-        counts: word counts, shape ``(V,)``.
-        power: the exponent; 1 = raw unigram, 0 = uniform.
+        counts: word counts, shape ``(V,)``: finite, >= 0, not all zero.
+        power: the exponent; 1 = raw unigram, 0 = uniform over the words that occur.
 
-    ``probs`` holds the normalised distribution, shape ``(V,)`` float64.
+    ``probs`` holds the normalised distribution, shape ``(V,)`` float64. A word with count 0
+    is never drawn, whatever the power (``0 ** 0`` is 1 in NumPy, so mask it explicitly).
+
+    Raises:
+        ValueError: NaN/inf/negative counts, all counts zero, or a NaN/inf ``power``.
     """
 
     def __init__(self, counts: np.ndarray, power: float = 0.75) -> None:
-        counts = np.asarray(counts, dtype=np.float64)
-        if counts.ndim != 1 or len(counts) == 0 or (counts < 0).any():
-            raise ValueError("counts must be a non-empty 1-D array of non-negative numbers")
-        # BEGIN SOLUTION probs = counts**power normalised; keep the cumulative sum for inverse-CDF sampling (easy, ~10 min)
-        weights = counts ** power
+        counts = _check_counts(counts)
+        if not np.isfinite(power):
+            raise ValueError(f"power must be a finite number, got {power!r}")
+        # BEGIN SOLUTION probs = counts**power (0 where count is 0) normalised; keep the cumulative sum for inverse-CDF sampling (easy, ~10 min)
+        weights = np.where(counts > 0, counts ** power, 0.0)
         self.probs = weights / weights.sum()
         self.cdf = np.cumsum(self.probs)
         self.cdf[-1] = 1.0  # guard against round-off leaving the last bucket unreachable
@@ -179,7 +217,18 @@ class SkipGramNS(nn.Module):
         Returns:
             scalar: ``sum_b [-log s(u_o . v_c) - sum_k log s(-u_k . v_c)]`` (a SUM, so each pair
             gets the same step size as in per-pair SGD, whatever the batch size).
+
+        Raises:
+            TypeError / ValueError: ids that are not int64, have the wrong shape, or lie outside
+                ``[0, vocab_size)`` (instead of ``IndexError: index out of range in self``).
         """
+        V = self.in_embed.num_embeddings
+        _check_ids("center", center, V, 1)
+        _check_ids("context", context, V, 1)
+        _check_ids("negatives", negatives, V, 2)
+        if not (len(center) == len(context) == len(negatives)):
+            raise ValueError(f"batch sizes differ: center {len(center)}, context {len(context)}, "
+                             f"negatives {len(negatives)}")
         # BEGIN SOLUTION look up v_c, u_o, u_k; scores by dot products (bmm for the K negatives); F.logsigmoid, never log(sigmoid) (medium, ~15 min)
         v_c = self.in_embed(center)  # (B, d)
         u_o = self.out_embed(context)  # (B, d)

@@ -163,3 +163,41 @@ def test_quality_vs_gensim_same_corpus(lab):
         f"WordSim-353 Spearman {ours['wordsim353']:.3f} < 0.9 x gensim's {theirs['wordsim353']:.3f}: check "
         "subsampling, the dynamic window, the 0.75 power and the learning-rate decay")
     assert ours["analogy_3cosadd"] > 0.0, "no analogy answered correctly at all"
+
+
+@pytest.mark.given
+@pytest.mark.parametrize("counts", [[3.0, float("nan"), 1.0], [3.0, float("inf")], [2, -1, 5], [0, 0, 0], []])
+def test_bad_counts_are_refused(lab, counts):
+    with pytest.raises(ValueError, match="counts|count"):
+        lab.NegativeSampler(np.array(counts))
+    with pytest.raises(ValueError, match="counts|count"):
+        lab.keep_probabilities(np.array(counts), 1e-3)
+
+
+def test_zero_counts_are_never_drawn_and_always_kept(lab):
+    counts = np.array([50, 0, 5, 0], dtype=np.int64)
+    keep = lab.keep_probabilities(counts, 1e-3)
+    assert np.isfinite(keep).all() and keep[1] == 1.0 and keep[3] == 1.0, (
+        f"keep probabilities {keep}: a word with count 0 has f = 0, and the formula's limit is 1 (no NaN)")
+    for power in (0.75, 0.0):
+        s = lab.NegativeSampler(counts, power=power)
+        assert s.probs[1] == 0 and s.probs[3] == 0, (
+            f"power={power}: a word that never occurs got probability {s.probs[1]:.3f}; "
+            "0 ** 0 is 1 in NumPy, so give zero counts zero weight explicitly")
+        assert np.isclose(s.probs.sum(), 1.0)
+        assert set(np.unique(s.sample((5000,), np.random.default_rng(0)))) <= {0, 2}
+
+
+@pytest.mark.given
+def test_forward_refuses_ids_outside_the_vocabulary(lab):
+    model = lab.SkipGramNS(10, 4)
+    ok_c, ok_o, ok_n = torch.tensor([1, 2]), torch.tensor([3, 4]), torch.tensor([[5, 6], [7, 8]])
+    for bad in ({"center": torch.tensor([1, 10])}, {"context": torch.tensor([-1, 4])},
+                {"negatives": torch.tensor([[5, 6], [7, 99]])}):
+        args = {"center": ok_c, "context": ok_o, "negatives": ok_n, **bad}
+        with pytest.raises(ValueError, match=r"outside \[0, 10\)"):
+            model(**args)
+    with pytest.raises(TypeError, match="int64"):
+        model(ok_c.int(), ok_o, ok_n)
+    with pytest.raises(ValueError, match="batch"):
+        model(ok_c, ok_o, ok_n[:1])

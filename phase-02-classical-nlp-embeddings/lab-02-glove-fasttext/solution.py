@@ -29,6 +29,30 @@ ev = load_lab("2.3")  # WordVectors, evaluate_all, load_text8_words
 w2v = load_lab("2.1")  # build_vocab, train_word2vec, W2VConfig
 
 
+# ----------------------------------------------------------------------------- input checks
+def _check_weighting(x_max: float, alpha: float) -> None:
+    if not (np.isfinite(x_max) and x_max > 0):
+        raise ValueError(f"x_max must be a finite number > 0, got {x_max!r}")
+    if not (np.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+
+
+def _check_cells(rows, cols, x, vocab_size: int) -> None:
+    """Cell coordinates in ``[0, V)`` and co-occurrence values that are finite and > 0."""
+    rows, cols, x = (np.asarray(a) for a in (rows, cols, x))
+    if not (rows.shape == cols.shape == x.shape) or rows.ndim != 1:
+        raise ValueError(f"rows, cols and x must be 1-D of one length, got {rows.shape}, {cols.shape}, {x.shape}")
+    for name, idx in (("rows", rows), ("cols", cols)):
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"{name} must be integer ids, got dtype {idx.dtype}")
+        if idx.size and (idx.min() < 0 or idx.max() >= vocab_size):
+            raise ValueError(f"{name} has ids outside [0, {vocab_size}): min {idx.min()}, max {idx.max()}")
+    if not np.isfinite(x).all():
+        raise ValueError("co-occurrence values contain NaN or inf")
+    if (x <= 0).any():
+        raise ValueError("GloVe is fit on NON-ZERO cells only: log(0) is undefined (x must be > 0)")
+
+
 # ----------------------------------------------------------------------------- co-occurrences
 def cooccurrence_matrix(ids: np.ndarray, vocab_size: int, window: int = 10) -> sp.csr_matrix:
     """Symmetric, distance-weighted co-occurrence counts.
@@ -71,7 +95,15 @@ def cooccurrence_matrix(ids: np.ndarray, vocab_size: int, window: int = 10) -> s
 
 # ----------------------------------------------------------------------------- GloVe
 def glove_weight(x: np.ndarray, x_max: float = 100.0, alpha: float = 0.75) -> np.ndarray:
-    """GloVe's weighting ``f(x) = (x / x_max)^alpha`` for ``x < x_max``, else 1 (same shape as x)."""
+    """GloVe's weighting ``f(x) = (x / x_max)^alpha`` for ``x < x_max``, else 1 (same shape as x).
+
+    Raises:
+        ValueError: NaN/inf or negative ``x``; ``x_max <= 0``; a negative or NaN ``alpha``.
+    """
+    _check_weighting(x_max, alpha)
+    xa = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(xa).all() or (xa < 0).any():
+        raise ValueError("co-occurrence values must be finite and >= 0")
     # BEGIN SOLUTION (x/x_max)**alpha capped at 1 (easy, ~5 min)
     x = np.asarray(x, dtype=np.float64)
     return np.minimum(1.0, (x / x_max) ** alpha)
@@ -97,11 +129,15 @@ def glove_loss_and_grads(W: np.ndarray, W_tilde: np.ndarray, b: np.ndarray, b_ti
         parameters (rows hit several times accumulate).
 
     Raises:
-        ValueError: a non-positive x.
+        ValueError: a non-positive or NaN/inf x, NaN/inf parameters, or cell ids outside
+            ``[0, V)``.
+        TypeError: non-integer ``rows``/``cols``.
     """
     x = np.asarray(x, dtype=np.float64)
-    if (x <= 0).any():
-        raise ValueError("GloVe is fit on NON-ZERO cells only: log(0) is undefined")
+    _check_cells(rows, cols, x, len(W))
+    for name, param in (("W", W), ("W_tilde", W_tilde), ("b", b), ("b_tilde", b_tilde)):
+        if not np.isfinite(param).all():
+            raise ValueError(f"{name} contains NaN or inf (did training diverge?)")
     # BEGIN SOLUTION diff = w_i.w~_j + b_i + b~_j - log x; J = sum f*diff^2; dJ/dw_i = 2 f diff w~_j etc., accumulated with np.add.at (medium, ~25 min)
     diff = np.einsum("nd,nd->n", W[rows], W_tilde[cols]) + b[rows] + b_tilde[cols] - np.log(x)
     fx = glove_weight(x, x_max, alpha)
@@ -150,7 +186,11 @@ class GloVe:
         matters: "the" sits in ~70 cells of a 16k-cell batch, and 70 separate full-size steps
         on its bias would overshoot, while AdaGrad on the summed gradient takes one step of
         size about ``lr``. (The C code updates one cell at a time, so it never has this issue.)
+
+        Raises:
+            ValueError / TypeError: as :func:`glove_loss_and_grads` for the cells.
         """
+        _check_cells(rows.numpy(), cols.numpy(), x.numpy(), len(self.W))
         # BEGIN SOLUTION diff and f(x); per-cell gradients summed per row (index_add_); G += grad^2 then param -= lr*grad/sqrt(G) on touched rows (hard, ~30 min)
         wi, wj = self.W[rows], self.W_tilde[cols]  # (N, d)
         diff = (wi * wj).sum(1) + self.b[rows] + self.b_tilde[cols] - torch.log(x)
@@ -182,8 +222,18 @@ def train_glove(cooc: sp.spmatrix, d_model: int = 100, epochs: int = 15, lr: flo
     ``lr`` defaults to 0.5, ten times the C code's 0.05: the C code takes one AdaGrad step per
     cell, we take one per row per 16k-cell batch (gradients summed), so each row gets far fewer
     steps per epoch. On the 300k-word small corpus 0.05 reached WordSim 0.09 and 0.5 reached
-    0.26 after 15 epochs (measured while writing this lab)."""
+    0.26 after 15 epochs (measured while writing this lab).
+
+    Raises:
+        ValueError: a non-square matrix, or stored values that are NaN/inf or negative.
+    """
+    if cooc.shape[0] != cooc.shape[1]:
+        raise ValueError(f"cooc must be square (V, V), got shape {cooc.shape}")
     coo = sp.coo_matrix(cooc)
+    coo.eliminate_zeros()  # explicit zeros are not co-occurrences
+    if not np.isfinite(coo.data).all() or (coo.data < 0).any():
+        raise ValueError("cooc holds NaN/inf or negative values; counts must be finite and >= 0")
+    _check_weighting(x_max, alpha)
     rows, cols, vals = (torch.from_numpy(np.asarray(a)) for a in (coo.row.astype(np.int64),
                                                                      coo.col.astype(np.int64), coo.data.astype(np.float32)))
     model = GloVe(cooc.shape[0], d_model, lr, seed)
@@ -202,16 +252,21 @@ def train_glove(cooc: sp.spmatrix, d_model: int = 100, epochs: int = 15, lr: flo
 # ----------------------------------------------------------------------------- fastText
 def char_ngrams(word: str, minn: int = 3, maxn: int = 6) -> list[str]:
     """fastText's character n-grams of ``word``: every substring of ``"<" + word + ">"`` with
-    ``minn <= length <= maxn``, in order of start position then length (duplicates kept).
+    ``minn <= length <= maxn``, in order of start position then length (duplicates kept),
+    EXCEPT the two one-character n-grams ``"<"`` and ``">"`` (with ``minn=1`` fastText's
+    ``computeSubwords`` skips a length-1 n-gram at the first or last position: a bare boundary
+    marker says nothing about the word). Characters are Unicode code points, as in fastText,
+    which never splits a UTF-8 multi-byte character.
 
     Raises:
         ValueError: ``minn < 1`` or ``maxn < minn``.
     """
     if minn < 1 or maxn < minn:
         raise ValueError(f"need 1 <= minn <= maxn, got {minn}, {maxn}")
-    # BEGIN SOLUTION wrap in < >, then all substrings with length in [minn, maxn] (easy, ~10 min)
+    # BEGIN SOLUTION wrap in < >, then all substrings with length in [minn, maxn], minus the lone "<" and ">" (easy, ~10 min)
     w = f"<{word}>"
-    return [w[i:i + n] for i in range(len(w)) for n in range(minn, maxn + 1) if i + n <= len(w)]
+    return [w[i:i + n] for i in range(len(w)) for n in range(minn, maxn + 1)
+            if i + n <= len(w) and not (n == 1 and (i == 0 or i == len(w) - 1))]
     # END SOLUTION
 
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -125,6 +126,23 @@ def test_char_ngrams_equal_fasttext(lab, tiny_fasttext, word):
         f"expected {want}, got {got}")
 
 
+@pytest.fixture(scope="module")
+def fasttext_minn1(lab):
+    """fastText with minn=1: its n-gram rule has a special case for one-character n-grams."""
+    return lab.train_fasttext(ev.load_text8_words(5_000), d_model=8, epochs=1, min_count=2, minn=1, maxn=3)
+
+
+@pytest.mark.parametrize("word", ["the", "a", "of", "xq", "naïve", "z"])
+def test_char_ngrams_minn_1_equal_fasttext(lab, fasttext_minn1, word):
+    subwords, _ = fasttext_minn1.model.get_subwords(word)
+    want = list(subwords[1:] if word in fasttext_minn1.index else subwords)
+    got = lab.char_ngrams(word, 1, 3)
+    assert got == want, (
+        f"minn=1 n-grams of {word!r}: expected {want}, got {got}. fastText never emits the lone "
+        "boundary markers '<' and '>' as one-character n-grams")
+    assert np.allclose(fasttext_minn1.vector(word), fasttext_minn1.model.get_word_vector(word), atol=1e-6)
+
+
 def test_fnv1a_hash_known_values(lab):
     # FNV-1a 32-bit reference values; the last one needs fastText's sign extension of bytes >= 0x80
     assert lab.fnv1a_32("") == 2166136261
@@ -165,3 +183,30 @@ def test_glove_beats_random_baseline(lab):
     assert ours.spearman > rand.spearman + 0.1, (
         f"GloVe WordSim Spearman {ours.spearman:.3f} vs random {rand.spearman:.3f}: is the target log(X), "
         "the weight f(X), and are W + W~ the returned vectors?")
+
+
+@pytest.mark.given
+def test_glove_refuses_nan_and_out_of_range_input(lab):
+    W, Wt, b, bt = np.ones((3, 2)), np.ones((3, 2)), np.zeros(3), np.zeros(3)
+    rows, cols = np.array([0, 1]), np.array([1, 2])
+    for bad_x in ([1.0, np.nan], [np.inf, 2.0], [1.0, 0.0], [-1.0, 2.0]):
+        with pytest.raises(ValueError, match="NaN|log"):
+            lab.glove_loss_and_grads(W, Wt, b, bt, rows, cols, np.array(bad_x))
+    with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+        lab.glove_loss_and_grads(W, Wt, b, bt, np.array([0, 3]), cols, np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+        lab.glove_loss_and_grads(W, Wt, b, bt, rows, np.array([-1, 2]), np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match="NaN"):
+        lab.glove_loss_and_grads(np.full((3, 2), np.nan), Wt, b, bt, rows, cols, np.array([1.0, 2.0]))
+    with pytest.raises(ValueError, match="NaN|finite"):
+        lab.glove_weight(np.array([1.0, np.nan]))
+    with pytest.raises(ValueError, match="x_max"):
+        lab.glove_weight(np.array([1.0]), x_max=float("nan"))
+    model = lab.GloVe(3, 2)
+    with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+        model.step(torch.tensor([0, 5]), torch.tensor([1, 2]), torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="NaN"):
+        model.step(torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([1.0, float("nan")]))
+    cooc = sp.csr_matrix(np.array([[0.0, np.nan], [1.0, 0.0]]))
+    with pytest.raises(ValueError, match="NaN"):
+        lab.train_glove(cooc, d_model=2, epochs=1)

@@ -35,6 +35,33 @@ from labkit import dataset_path, seed_everything
 HERE = Path(__file__).resolve().parent
 
 
+def _positive_int(value: object, name: str) -> int:
+    """``value`` as a Python int when it is a positive integer (NumPy integers included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def cosine(u: np.ndarray, v: np.ndarray) -> float:
+    """Cosine similarity of two vectors of shape ``(d,)``.
+
+    An all-zero vector has no direction: its cosine with anything is ``0.0`` (the convention
+    of gensim's ``matutils.unitvec``, so evaluations stay equal to gensim's).
+
+    Raises:
+        ValueError: a vector contains NaN or inf, or the shapes differ.
+    """
+    u, v = np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
+    if u.shape != v.shape:
+        raise ValueError(f"cosine of vectors with different shapes {u.shape} and {v.shape}")
+    if not (np.isfinite(u).all() and np.isfinite(v).all()):
+        raise ValueError("cosine of a vector that contains NaN or inf")
+    nu, nv = float(np.linalg.norm(u)), float(np.linalg.norm(v))
+    if nu == 0.0 or nv == 0.0:
+        return 0.0
+    return float(np.dot(u / nu, v / nv))
+
+
 # ----------------------------------------------------------------------------- data loading
 def load_text8_words(max_words: int | None = None) -> list[str]:
     """The first ``max_words`` words of text8 (lowercase a-z Wikipedia text, space separated).
@@ -49,8 +76,8 @@ def load_text8_words(max_words: int | None = None) -> list[str]:
     Raises:
         ValueError: ``max_words`` is not a positive int, or asks for more words than the prefix has.
     """
-    if max_words is not None and (not isinstance(max_words, int) or max_words <= 0):
-        raise ValueError(f"max_words must be a positive int or None, got {max_words!r}")
+    if max_words is not None:
+        max_words = _positive_int(max_words, "max_words")
     raw = dataset_path("text8", "text8_prefix_truncated.zip").read_bytes()
     text = zlib.decompressobj(-15).decompress(raw[35:]).decode("ascii")
     words = text.split()
@@ -179,9 +206,9 @@ class WordVectors:
         return self._normed
 
     def similarity(self, w1: str, w2: str) -> float:
-        """Cosine similarity of two known words (KeyError if either is unknown)."""
-        a, b = self[w1], self[w2]
-        return float(np.dot(a / np.linalg.norm(a), b / np.linalg.norm(b)))
+        """Cosine similarity of two known words (KeyError if either is unknown); 0.0 when
+        either vector is all zeros (see :func:`cosine`)."""
+        return cosine(self[w1], self[w2])
 
     def most_similar(self, query: str | np.ndarray, topn: int = 10,
                      exclude: tuple[str, ...] | list[str] = ()) -> list[tuple[str, float]]:
@@ -197,10 +224,11 @@ class WordVectors:
 
         Raises:
             KeyError: ``query`` is a word not in the vocabulary.
-            ValueError: ``topn < 1`` or a query vector of the wrong shape.
+            ValueError: ``topn < 1``; a query vector of the wrong shape, with NaN/inf, or all
+                zeros (a zero vector has no direction, so every cosine would be 0 and the
+                "neighbours" would just be the first words of the vocabulary).
         """
-        if not isinstance(topn, int) or topn < 1:
-            raise ValueError(f"topn must be a positive int, got {topn!r}")
+        topn = _positive_int(topn, "topn")
         skip = set(exclude)
         if isinstance(query, str):
             vec = self[query]
@@ -209,6 +237,11 @@ class WordVectors:
             vec = np.asarray(query, dtype=np.float32)
             if vec.shape != (self.dim,):
                 raise ValueError(f"query vector must have shape ({self.dim},), got {vec.shape}")
+            if not np.isfinite(vec).all():
+                raise ValueError("query vector contains NaN or inf")
+        if not np.any(vec):
+            what = f"word {query!r} has" if isinstance(query, str) else "the query is"
+            raise ValueError(f"{what} an all-zero vector: no direction, so no nearest neighbours")
         # BEGIN SOLUTION cosine of the unit query against every unit row; top-k by argsort, skipping excluded words (easy, ~10 min)
         q = vec / max(float(np.linalg.norm(vec)), 1e-12)
         sims = self.normed @ q
@@ -283,8 +316,7 @@ def known_vocab(words: list[str], restrict_vocab: int = 300_000,
     Raises:
         ValueError: ``restrict_vocab`` is not a positive int.
     """
-    if not isinstance(restrict_vocab, int) or restrict_vocab < 1:
-        raise ValueError(f"restrict_vocab must be a positive int, got {restrict_vocab!r}")
+    restrict_vocab = _positive_int(restrict_vocab, "restrict_vocab")
     # BEGIN SOLUTION keep the first restrict_vocab words; upper-case keys when asked, first (most frequent) casing wins (easy, ~10 min)
     ok: dict[str, int] = {}
     for i, w in enumerate(words[:restrict_vocab]):
@@ -302,18 +334,26 @@ def spearman(x: np.ndarray | list[float], y: np.ndarray | list[float]) -> float:
         x, y: 1-D sequences of equal length ``n >= 2``.
 
     Returns:
-        rho in [-1, 1]; NaN when either input is constant (no ranking information).
+        rho in [-1, 1].
 
     Raises:
-        ValueError: different lengths or fewer than two values.
+        ValueError: different lengths, fewer than two values, NaN/inf values (they have no
+            rank), or a constant input (no ranking information: scipy returns NaN and warns;
+            a NaN in a results table is easy to miss, so we refuse).
 
-    Equals ``scipy.stats.spearmanr(x, y).statistic``.
+    Equals ``scipy.stats.spearmanr(x, y).statistic`` wherever that is a number.
     """
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"x and y must be 1-D and the same length, got {x.shape} and {y.shape}")
     if len(x) < 2:
         raise ValueError("need at least two pairs for a correlation")
+    for name, v in (("x", x), ("y", y)):
+        if not np.isfinite(v).all():
+            raise ValueError(f"{name} contains NaN or inf: such values have no rank")
+        if np.all(v == v[0]):
+            raise ValueError(f"{name} is constant ({v[0]!r} everywhere): Spearman's rho is undefined "
+                             "(all-zero vectors give all-zero cosines)")
     # BEGIN SOLUTION rank each vector (average rank for ties), then Pearson correlation of the ranks (medium, ~20 min)
     def rank(v: np.ndarray) -> np.ndarray:
         order = np.argsort(v, kind="mergesort")
@@ -331,10 +371,7 @@ def spearman(x: np.ndarray | list[float], y: np.ndarray | list[float]) -> float:
     rx, ry = rank(x), rank(y)
     rx -= rx.mean()
     ry -= ry.mean()
-    denom = math.sqrt(float(rx @ rx) * float(ry @ ry))
-    if denom == 0:
-        return float("nan")
-    return float(rx @ ry) / denom
+    return float(rx @ ry) / math.sqrt(float(rx @ rx) * float(ry @ ry))
     # END SOLUTION
 
 
@@ -376,21 +413,21 @@ def evaluate_word_pairs(wv: WordVectors, pairs: str | Path | list[tuple[str, str
     if not isinstance(pairs, list):
         pairs = read_word_pairs(pairs)
     ok = known_vocab(wv.words, restrict_vocab, case_insensitive)
-    # BEGIN SOLUTION look both words up (upper-case when case_insensitive); skip+record OOV pairs; cosine of the raw rows; spearman + pearson (medium, ~20 min)
+    # BEGIN SOLUTION look both words up (upper-case when case_insensitive); skip+record OOV pairs; cosine() of the raw rows (0 for a zero vector, never NaN); spearman + pearson (medium, ~20 min)
     gold, model, oov = [], [], []
     for a, b, score in pairs:
         ka, kb = (a.upper(), b.upper()) if case_insensitive else (a, b)
         if ka not in ok or kb not in ok:
             oov.append((a, b))
             continue
-        va, vb = wv.vectors[ok[ka]], wv.vectors[ok[kb]]
         gold.append(score)
-        model.append(float(np.dot(va / np.linalg.norm(va), vb / np.linalg.norm(vb))))
+        model.append(cosine(wv.vectors[ok[ka]], wv.vectors[ok[kb]]))  # 0.0 for a zero vector
     if len(gold) < 2:
         raise ValueError(f"only {len(gold)} of {len(pairs)} pairs have both words in the vocabulary; "
                          "nothing to correlate (wrong casing? restrict_vocab too small?)")
+    rho = spearman(gold, model)  # first: it refuses constant cosines before corrcoef would give NaN
     pearson = float(np.corrcoef(np.array(gold), np.array(model))[0, 1])
-    return PairResult(spearman(gold, model), pearson, len(gold), len(oov), oov)
+    return PairResult(rho, pearson, len(gold), len(oov), oov)
     # END SOLUTION
 
 
@@ -527,13 +564,15 @@ def anisotropy(vectors: np.ndarray, n_pairs: int = 20_000, seed: int = 0) -> flo
         seed: for the pair sampler.
 
     Raises:
-        ValueError: fewer than two rows or ``n_pairs < 1``.
+        ValueError: fewer than two rows, ``n_pairs < 1``, or NaN/inf values. (All-zero rows
+            are allowed: their cosine with anything counts as 0, as in :func:`cosine`.)
     """
     vectors = np.asarray(vectors, dtype=np.float64)
     if vectors.ndim != 2 or vectors.shape[0] < 2:
         raise ValueError(f"need a (V, d) array with V >= 2, got shape {vectors.shape}")
-    if n_pairs < 1:
-        raise ValueError(f"n_pairs must be >= 1, got {n_pairs}")
+    n_pairs = _positive_int(n_pairs, "n_pairs")
+    if not np.isfinite(vectors).all():
+        raise ValueError("vectors contain NaN or inf")
     rng = np.random.default_rng(seed)
     # BEGIN SOLUTION draw i != j uniformly, normalise rows, average the dot products (easy, ~10 min)
     n = vectors.shape[0]

@@ -106,12 +106,21 @@ def test_spearman_matches_scipy_with_ties(lab, xy):
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         want = stats.spearmanr(x, y).statistic
+    if np.isnan(want):  # a constant input: scipy warns and returns NaN, we refuse
+        with pytest.raises(ValueError, match="constant"):
+            lab.spearman(x, y)
+        return
     got = lab.spearman(x, y)
-    if np.isnan(want):
-        assert np.isnan(got), "a constant input has no ranking information: return NaN, like scipy"
-    else:
-        assert got == pytest.approx(want, abs=1e-12), (
-            "Spearman = Pearson of the ranks; tied values must share the AVERAGE of their ranks")
+    assert got == pytest.approx(want, abs=1e-12), (
+        "Spearman = Pearson of the ranks; tied values must share the AVERAGE of their ranks")
+
+
+@pytest.mark.given
+def test_spearman_refuses_nan_and_constant_input(lab):
+    with pytest.raises(ValueError, match="NaN"):
+        lab.spearman([1.0, float("nan"), 3.0], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="constant"):
+        lab.spearman([0.0, 0.0, 0.0], [1.0, 2.0, 3.0])
 
 
 @pytest.mark.parametrize("name", ["wordsim353.tsv", "simlex999.txt"])
@@ -189,6 +198,82 @@ def test_analogy_case_insensitive_uses_first_casing(lab):
     assert res.n_oov == 1 and res.n_answered == 0, "case-sensitive: 'Paris' is not in the vocabulary, skip it"
 
 
+def test_analogy_never_answers_another_casing_of_a_question_word(lab, tmp_path):
+    """'Rome' is a later casing of the question word 'rome' and sits right on the query.
+    Banning question words by ROW would only ban 'rome' itself and let 'Rome' win."""
+    words = ["paris", "france", "rome", "italy", "berlin", "germany", "Rome"]
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal((len(words), 16)).astype(np.float32)
+    off = rng.standard_normal(16).astype(np.float32)
+    for cap, country in ((0, 1), (2, 3), (4, 5)):
+        v[country] = v[cap] + off + 0.3 * rng.standard_normal(16).astype(np.float32)
+    q = v[1] / np.linalg.norm(v[1]) - v[0] / np.linalg.norm(v[0]) + v[2] / np.linalg.norm(v[2])
+    v[6] = q  # 'Rome' IS the 3CosAdd query direction: the best-scoring candidate of all
+    wv = lab.WordVectors(words, v)
+    kv = KeyedVectors(16, dtype=np.float32)
+    kv.add_vectors(words, v)
+    question = [("capital", "paris", "france", "rome", "italy")]
+    for method in ("3cosadd", "3cosmul"):
+        res = lab.evaluate_analogies(wv, question, method=method)
+        assert res.n_correct == 1, (
+            f"{method}: the answer to paris : france :: rome : ? came out wrong. A candidate that is "
+            "another casing of a question word ('Rome' for 'rome') must be excluded too: exclude by "
+            "case-folded word (its key), not by row number")
+    path = tmp_path / "q.txt"
+    path.write_text(": capital\nparis france rome italy\n", encoding="utf-8")
+    score, _ = kv.evaluate_word_analogies(str(path))
+    assert score == 1.0  # gensim agrees: it skips every casing of the question words
+
+
+def test_zero_vector_cosine_is_zero_like_gensim(lab, tmp_path):
+    words = ["the", "cat", "dog", "pad", "fish"]
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal((5, 8)).astype(np.float32)
+    v[3] = 0.0  # an all-zero row (a padding or never-updated word)
+    wv = lab.WordVectors(words, v)
+    kv = KeyedVectors(8, dtype=np.float32)
+    kv.add_vectors(words, v)
+    pairs = [("cat", "dog", 7.0), ("cat", "pad", 1.0), ("dog", "fish", 5.0), ("pad", "the", 2.0),
+             ("the", "fish", 3.0)]
+    ours = lab.evaluate_word_pairs(wv, pairs)
+    assert np.isfinite(ours.spearman) and np.isfinite(ours.pearson), (
+        "a pair with an all-zero vector gave NaN: its cosine is 0.0 (use cosine(), which does not divide by 0)")
+    path = tmp_path / "pairs.tsv"
+    path.write_text("".join(f"{a}\t{b}\t{s}\n" for a, b, s in pairs), encoding="utf-8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pearson, spear, _ = kv.evaluate_word_pairs(str(path))
+    assert ours.spearman == pytest.approx(spear.statistic, abs=1e-9)
+    assert ours.pearson == pytest.approx(pearson.statistic, abs=1e-6)
+    assert wv.similarity("cat", "pad") == 0.0
+
+
+@pytest.mark.given
+def test_zero_and_nan_vectors_are_refused_where_meaningless(lab):
+    wv = lab.WordVectors(["a", "b", "pad"], np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 0.0]]))
+    with pytest.raises(ValueError, match="zero"):
+        wv.most_similar("pad")
+    with pytest.raises(ValueError, match="zero"):
+        wv.most_similar(np.zeros(2))
+    with pytest.raises(ValueError, match="NaN"):
+        wv.most_similar(np.array([np.nan, 1.0]))
+    with pytest.raises(ValueError, match="NaN"):
+        lab.WordVectors(["a", "b"], np.array([[1.0, np.nan], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="NaN"):
+        lab.cosine(np.array([np.nan, 1.0]), np.array([1.0, 1.0]))
+    same = lab.WordVectors(["a", "b", "c"], np.ones((3, 2)))
+    with pytest.raises(ValueError, match="constant"):  # every cosine is 1: nothing to rank
+        lab.evaluate_word_pairs(same, [("a", "b", 1.0), ("b", "c", 2.0), ("a", "c", 3.0)])
+
+
+@pytest.mark.given
+def test_numpy_integers_are_accepted(lab):
+    assert lab.known_vocab(["a", "b", "c"], restrict_vocab=np.int64(2)) == {"A": 0, "B": 1}
+    wv = lab.WordVectors(["a", "b", "c"], np.eye(3))
+    assert len(wv.most_similar("a", topn=np.int64(2))) == 2
+    assert isinstance(lab.anisotropy(np.eye(3), n_pairs=np.int32(10)), float)
+
+
 def test_most_similar_equals_gensim(lab, planted):
     wv, kv = planted
     for word in ("king", "paris", "computer", "seven"):
@@ -214,6 +299,15 @@ def test_anisotropy(lab):
         "anisotropy = mean cosine over random pairs of DIFFERENT rows; did you forget to normalise?")
     assert got > 0.3
     assert abs(lab.anisotropy(lab.mean_center(shifted))) < 0.01, "mean-centering removes the common direction"
+
+
+def test_anisotropy_never_pairs_a_row_with_itself(lab):
+    # orthogonal rows: every pair of DIFFERENT rows has cosine exactly 0; a row with itself has 1
+    for V in (2, 3, 5):
+        got = lab.anisotropy(np.eye(V), n_pairs=5000)
+        assert got == pytest.approx(0.0, abs=1e-12), (
+            f"{V} orthogonal unit vectors gave mean cosine {got:.3f}, expected 0: some sampled pairs "
+            "had i == j (a row compared with itself scores 1). Draw j among the OTHER rows.")
 
 
 def test_word2vec_format_roundtrip_with_gensim(lab, tmp_path):
