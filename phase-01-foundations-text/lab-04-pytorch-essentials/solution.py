@@ -33,6 +33,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -626,6 +627,161 @@ class ManualMLP(nn.Module):
 
 
 # --------------------------------------------------------------------------------------
+# Part 5: numerics and optimizers by hand (stable softmax / cross-entropy, AdamW, clipping)
+# --------------------------------------------------------------------------------------
+
+
+def _require_float(x: Tensor, name: str) -> None:
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if bool(torch.isnan(x).any()):
+        raise ValueError(f"{name} contains NaN")
+
+
+def stable_log_softmax(logits: Tensor, dim: int = -1) -> Tensor:
+    """``log softmax(x) = (x - m) - log(sum(exp(x - m)))`` with ``m = max(x)`` along ``dim``.
+
+    Subtracting the max first makes the largest exponent ``exp(0) = 1``: nothing overflows
+    (``exp(89)`` is already ``inf`` in float32) and the log never sees 0 for the winning entry.
+    ``-inf`` logits (masked positions) give ``-inf``; a slice that is entirely ``-inf`` has no
+    distribution and is refused.
+
+    Args:
+        logits: any shape, floating point.
+        dim: the class axis.
+    Returns:
+        same shape and dtype; ``exp`` of it sums to 1 along ``dim``. Reference:
+        ``torch.log_softmax``.
+    Raises:
+        TypeError: non-float logits. ValueError: NaN, ``+inf``, or a slice that is all ``-inf``.
+    """
+    _require_tensor(logits, "logits")
+    _require_float(logits, "logits")
+    if bool(torch.isposinf(logits).any()):
+        raise ValueError("logits contain +inf: the softmax is undefined (inf - inf)")
+    if logits.numel() and bool(torch.isneginf(logits).all(dim=dim).any()):
+        raise ValueError("a slice of logits is entirely -inf: nothing is left to normalise")
+    # BEGIN SOLUTION m = amax over dim (keepdim), shifted = logits - m, then shifted - log(sum(exp(shifted))) (medium, ~15 min)
+    m = logits.amax(dim=dim, keepdim=True)
+    shifted = logits - m  # every entry <= 0, the max is exactly 0
+    return shifted - shifted.exp().sum(dim=dim, keepdim=True).log()
+    # END SOLUTION
+
+
+def stable_softmax(logits: Tensor, dim: int = -1) -> Tensor:
+    """``exp(stable_log_softmax(logits))``: probabilities that sum to 1 along ``dim``,
+    without overflow for large logits. Reference: ``torch.softmax``."""
+    return stable_log_softmax(logits, dim).exp()
+
+
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean negative log-likelihood of the targets: ``-mean_n log softmax(logits[n])[targets[n]]``.
+
+    Computed from :func:`stable_log_softmax`, never as ``log(softmax(x))`` (a probability that
+    underflows to 0 gives ``log 0 = -inf``). The loss is in nats (natural log).
+
+    Args:
+        logits: shape (N, C), float.
+        targets: shape (N,), int64 class ids in [0, C).
+    Returns:
+        0-d tensor. Reference: ``torch.nn.functional.cross_entropy(logits, targets)``.
+    Raises:
+        TypeError / ValueError: bad shapes or dtypes, N = 0, ids outside [0, C), NaN logits.
+    """
+    _require_tensor(logits, "logits", 2)
+    _require_tensor(targets, "targets", 1)
+    if targets.shape[0] != logits.shape[0] or logits.shape[0] == 0:
+        raise ValueError(f"need N >= 1 targets for N logit rows, got {targets.shape[0]} and {logits.shape[0]}")
+    _require_long(targets, "targets", logits.shape[1])
+    # BEGIN SOLUTION log-probabilities of every class, pick each row's target with gather (or arange indexing), negate, mean (easy, ~10 min)
+    logp = stable_log_softmax(logits, dim=1)  # (N, C)
+    return -logp.gather(1, targets[:, None]).squeeze(1).mean()
+    # END SOLUTION
+
+
+class AdamW:
+    """AdamW (Loshchilov & Hutter 2019), written out: the same update as ``torch.optim.AdamW``.
+
+    For each parameter ``p`` with gradient ``g`` at step ``t = 1, 2, ...``::
+
+        p <- p * (1 - lr * weight_decay)            # decoupled weight decay (NOT added to g)
+        m <- beta1 * m + (1 - beta1) * g            # first moment
+        v <- beta2 * v + (1 - beta2) * g * g        # second moment
+        m_hat = m / (1 - beta1 ** t);  v_hat = v / (1 - beta2 ** t)   # bias correction
+        p <- p - lr * m_hat / (sqrt(v_hat) + eps)
+
+    Parameters whose ``.grad`` is None are skipped (their step count does not advance).
+
+    Raises:
+        ValueError: a negative or NaN ``lr``/``eps``/``weight_decay``, betas outside [0, 1),
+            or no parameters.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
+        self.params = [p for p in params]
+        if not self.params:
+            raise ValueError("AdamW got an empty parameter list")
+        for name, val in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
+            if not (math.isfinite(val) and val >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {val}")
+        if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+        self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
+        self.state = [{"step": 0, "m": torch.zeros_like(p), "v": torch.zeros_like(p)} for p in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.betas
+        for p, st in zip(self.params, self.state):
+            if p.grad is None:
+                continue
+            g = p.grad
+            st["step"] += 1
+            t, m, v = st["step"], st["m"], st["v"]
+            # BEGIN SOLUTION decay p by (1 - lr * wd); update m and v in place; bias-correct both; p -= lr * m_hat / (sqrt(v_hat) + eps) (hard, ~25 min)
+            p.mul_(1.0 - self.lr * self.weight_decay)
+            m.mul_(beta1).add_(g, alpha=1.0 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+            m_hat = m / (1.0 - beta1 ** t)
+            v_hat = v / (1.0 - beta2 ** t)
+            p.sub_(self.lr * m_hat / (v_hat.sqrt() + self.eps))
+            # END SOLUTION
+
+
+def clip_grad_norm(params, max_norm: float) -> Tensor:
+    """Rescale the gradients of ``params`` in place so that their GLOBAL L2 norm (all
+    gradients together, as one long vector) is at most ``max_norm``.
+
+    ``total = sqrt(sum_p ||p.grad||^2)``; every gradient is multiplied by
+    ``min(1, max_norm / (total + 1e-6))`` (the 1e-6 is torch's, so a clipped norm lands just
+    under ``max_norm``). Gradients already within the limit are left alone. Parameters without
+    a gradient are skipped.
+
+    Returns:
+        the total norm BEFORE clipping (0-d tensor), as ``torch.nn.utils.clip_grad_norm_`` does.
+    Raises:
+        ValueError: ``max_norm`` not a finite number > 0.
+    """
+    if not (math.isfinite(max_norm) and max_norm > 0):
+        raise ValueError(f"max_norm must be a finite number > 0, got {max_norm}")
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    # BEGIN SOLUTION total = norm of the per-tensor norms; coef = (max_norm / (total + 1e-6)) clamped to <= 1; multiply every grad in place (medium, ~15 min)
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef.to(g.dtype))
+    return total
+    # END SOLUTION
+
+
+# --------------------------------------------------------------------------------------
 # Part 4: timing (CPU always, CUDA when present)
 # --------------------------------------------------------------------------------------
 
@@ -829,6 +985,39 @@ def main(argv: list[str] | None = None) -> int:
     if worst > 1e-10:
         failures.append(f"manual MLP grads differ from autograd by {worst:.2e}")
 
+    # 5. numerics and optimizers by hand ----------------------------------------------
+    print("\n[5] Stable softmax / cross-entropy, AdamW and gradient clipping vs torch (float32 logits)")
+    print(f"  {'logits (one row, target 0)':<30}{'naive log(softmax)':>20}{'ours':>14}{'F.cross_entropy':>17}")
+    for row in ([2.0, 1.0, 0.1], [100.0, 0.0, -100.0], [1e4, 0.0, -1e4], [-1e4, 0.0, 1e4]):
+        x, t = torch.tensor([row]), torch.tensor([0])
+        naive = -torch.log(torch.exp(x) / torch.exp(x).sum())[0, 0].item()
+        ours_ce, ref_ce = cross_entropy(x, t).item(), F.cross_entropy(x, t).item()
+        print(f"  {str(row):<30}{naive:>20.6g}{ours_ce:>14.6g}{ref_ce:>17.6g}")
+        if not math.isclose(ours_ce, ref_ce, rel_tol=1e-5, abs_tol=1e-5):
+            failures.append(f"cross_entropy {ours_ce} != F.cross_entropy {ref_ce} on {row}")
+    torch.manual_seed(args.seed)
+    net = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1)).double()
+    net_ref = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 1)).double()
+    net_ref.load_state_dict(net.state_dict())
+    opt_ours = AdamW(net.parameters(), lr=0.01, weight_decay=0.1)
+    opt_ref = torch.optim.AdamW(net_ref.parameters(), lr=0.01, weight_decay=0.1)
+    Xs_tr, y_tr = Xs[:512], yr[tr][:512]
+    worst_adamw = worst_clip = 0.0
+    for _ in range(100):  # 100 full-batch steps on the standardized Shakespeare features, clipped at 0.5
+        for model, opt, clip in ((net, opt_ours, clip_grad_norm), (net_ref, opt_ref, torch.nn.utils.clip_grad_norm_)):
+            opt.zero_grad()
+            mse(model(Xs_tr).squeeze(-1), y_tr).backward()
+            clip(model.parameters(), 0.5)
+            opt.step()
+        worst_clip = max(worst_clip, max((p.grad - q.grad).abs().max().item()
+                                         for p, q in zip(net.parameters(), net_ref.parameters())))
+    worst_adamw = max((p - q).abs().max().item() for p, q in zip(net.parameters(), net_ref.parameters()))
+    print("  AdamW + clip_grad_norm (max_norm 0.5), 100 steps, float64 MLP 2 -> 16 -> 1 on the Shakespeare pairs:")
+    print(f"    max |grad_ours - grad_torch| after clipping {worst_clip:.2e}; "
+          f"max |param_ours - param_torch| after 100 steps {worst_adamw:.2e}")
+    if worst_adamw > 1e-9 or worst_clip > 1e-9:
+        failures.append(f"AdamW/clipping differ from torch: params {worst_adamw:.2e}, grads {worst_clip:.2e}")
+
     # 4. timing ---------------------------------------------------------------------
     sizes = [256, 512, 1024, 2048] if args.full else [128, 256, 512]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -841,9 +1030,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  MLP train step (forward + backward), batch {batch}, {d_in} -> {d_hidden} -> 1:")
     print(f"  {'device':<7}{'backward':<10}{'min ms':>10}{'median ms':>11}")
     for dev in devices:
+        mins = {}
         for manual in (True, False):
             t = time_mlp_step(batch, d_in, d_hidden, 1, device=dev, manual=manual, repeats=10)
+            mins[manual] = t.min
             print(f"  {dev:<7}{'manual' if manual else 'autograd':<10}{t.min * 1e3:>10.3f}{t.median * 1e3:>11.3f}")
+        print(f"  {dev:<7}manual / autograd (min times, this run): {mins[True] / mins[False]:.2f}x")
+    print("  (wall-clock on a possibly shared machine: absolute times are noisy; read the ratios)")
     if torch.cuda.is_available():
         mlp_gpu = ManualMLP(20, 64, 4).to("cuda")
         xc = torch.randn(32, 20)

@@ -426,3 +426,117 @@ def test_validation_errors(lab):
         lab.mse(torch.ones(4, 1), torch.ones(4))
     with pytest.raises(ValueError):
         lab.accumulated_gradients(lab.LinearRegression(2), torch.ones(3, 2), torch.ones(3), 4)
+
+
+# ----------------------------------------------------------------------------------------
+# Part 5: numerics and optimizers by hand
+# ----------------------------------------------------------------------------------------
+
+EXTREME = [
+    torch.tensor([[1e4, 0.0, -1e4], [-50.0, -60.0, -70.0], [0.0, 0.0, 0.0]]),
+    torch.tensor([[1e38, 5e37, -1e38], [88.8, 89.0, 90.0], [-1e30, -1e30 + 1e24, -1e30]]),
+    torch.tensor([[1000.0, 1000.0], [-1000.0, 1000.0]]),
+]
+
+
+@pytest.mark.parametrize("k", range(len(EXTREME)))
+def test_log_softmax_and_cross_entropy_on_extreme_logits(lab, k):
+    x = EXTREME[k]
+    logp = lab.stable_log_softmax(x, dim=-1)
+    assert torch.isfinite(logp).all(), (
+        f"log-softmax of {x.tolist()} has inf/NaN entries: exp(x) overflows float32 above ~88. "
+        "Subtract each row's max before exponentiating")
+    assert torch.allclose(logp, torch.log_softmax(x, dim=-1), rtol=1e-5, atol=1e-5), (
+        "log-softmax differs from torch.log_softmax: (x - m) - log(sum(exp(x - m)))")
+    assert torch.allclose(lab.stable_softmax(x), torch.softmax(x, dim=-1), atol=1e-6)
+    targets = torch.arange(x.shape[0]) % x.shape[1]
+    ce = lab.cross_entropy(x, targets)
+    ref = F.cross_entropy(x, targets)
+    assert ce.shape == () and torch.isfinite(ce), "cross_entropy returns a finite 0-d tensor (the mean over rows)"
+    assert torch.allclose(ce, ref, rtol=1e-5, atol=1e-4), (
+        f"cross-entropy {ce.item():.6g} vs F.cross_entropy {ref.item():.6g}: take -log_softmax at each "
+        "target and average over the batch (never log(softmax(x)): it underflows to log 0)")
+
+
+def test_log_softmax_other_dims_and_masks(lab):
+    x = torch.randn(2, 3, 5, generator=gen(), dtype=torch.float64) * 30
+    for dim in (0, 1, 2, -1):
+        assert torch.allclose(lab.stable_log_softmax(x, dim), torch.log_softmax(x, dim), atol=1e-12), (
+            f"dim={dim}: reduce over the given axis with keepdim=True so the max broadcasts back")
+    masked = x.clone()
+    masked[..., 1] = float("-inf")
+    got = lab.stable_log_softmax(masked)
+    assert torch.isneginf(got[..., 1]).all() and torch.allclose(got, torch.log_softmax(masked, -1))
+    g = torch.randn(4, 6, dtype=torch.float64, generator=gen(1), requires_grad=True)
+    t = torch.tensor([0, 5, 2, 2])
+    assert torch.autograd.gradcheck(lambda z: lab.cross_entropy(z, t), (g,)), "cross-entropy must be differentiable"
+
+
+@pytest.mark.given
+def test_cross_entropy_bad_input(lab):
+    x = torch.zeros(3, 4)
+    with pytest.raises(ValueError, match="outside"):
+        lab.cross_entropy(x, torch.tensor([0, 4, 1]))
+    with pytest.raises(ValueError, match="outside"):
+        lab.cross_entropy(x, torch.tensor([0, -1, 1]))
+    with pytest.raises(TypeError):
+        lab.cross_entropy(x, torch.tensor([0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="NaN"):
+        lab.stable_log_softmax(torch.tensor([[0.0, float("nan")]]))
+    with pytest.raises(ValueError, match="-inf"):
+        lab.stable_log_softmax(torch.full((2, 3), float("-inf")))
+
+
+def _two_models(seed: int = 0):
+    torch.manual_seed(seed)
+    a = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    b = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_adamw_equals_torch(lab, wd):
+    ours_model, ref_model = _two_models()
+    ours = lab.AdamW(ours_model.parameters(), lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=wd)
+    ref = torch.optim.AdamW(ref_model.parameters(), lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=wd)
+    X, y = torch.randn(32, 5, generator=gen(), dtype=torch.float64), torch.randn(32, 2, generator=gen(1), dtype=torch.float64)
+    for step in range(25):
+        for model, opt in ((ours_model, ours), (ref_model, ref)):
+            opt.zero_grad()
+            ((model(X) - y) ** 2).mean().backward()
+            opt.step()
+        for (name, p), q in zip(ours_model.named_parameters(), ref_model.parameters()):
+            assert torch.allclose(p, q, rtol=1e-9, atol=1e-12), (
+                f"step {step + 1}, {name}: differs from torch.optim.AdamW (weight_decay={wd}). Check the "
+                "bias corrections 1 - beta**t (t starts at 1), eps added to sqrt(v_hat), and that weight decay "
+                "scales p by (1 - lr * wd) instead of being added to the gradient")
+
+
+def test_clip_grad_norm_equals_torch(lab):
+    for max_norm in (0.05, 1e3):  # the first clips, the second must leave the grads alone
+        ours_model, ref_model = _two_models(1)
+        X = torch.randn(16, 5, generator=gen(2), dtype=torch.float64)
+        for model in (ours_model, ref_model):
+            model(X).pow(2).sum().backward()
+        total = lab.clip_grad_norm(ours_model.parameters(), max_norm)
+        ref_total = torch.nn.utils.clip_grad_norm_(ref_model.parameters(), max_norm)
+        assert torch.allclose(torch.as_tensor(total, dtype=torch.float64), ref_total, rtol=1e-12), (
+            "return the total norm BEFORE clipping: sqrt of the sum of every gradient's squared norm")
+        for p, q in zip(ours_model.parameters(), ref_model.parameters()):
+            assert torch.allclose(p.grad, q.grad, rtol=1e-12, atol=1e-15), (
+                f"max_norm={max_norm}: gradients differ from clip_grad_norm_. One GLOBAL norm over all "
+                "parameters, scale = min(1, max_norm / (total + 1e-6)), never scale up")
+
+
+@pytest.mark.given
+def test_optimizer_bad_arguments(lab):
+    p = [nn.Parameter(torch.zeros(2))]
+    for kwargs in ({"lr": float("nan")}, {"lr": -1.0}, {"betas": (0.9, 1.0)}, {"weight_decay": float("inf")}):
+        with pytest.raises(ValueError):
+            lab.AdamW(p, **kwargs)
+    with pytest.raises(ValueError, match="empty"):
+        lab.AdamW([])
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="max_norm"):
+            lab.clip_grad_norm(p, bad)

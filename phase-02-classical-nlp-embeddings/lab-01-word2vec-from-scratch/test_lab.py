@@ -201,3 +201,39 @@ def test_forward_refuses_ids_outside_the_vocabulary(lab):
         model(ok_c.int(), ok_o, ok_n)
     with pytest.raises(ValueError, match="batch"):
         model(ok_c, ok_o, ok_n[:1])
+
+
+@pytest.mark.given
+def test_gensim_reference_uses_our_learning_rate(lab, monkeypatch):
+    import gensim.models
+
+    seen = {}
+
+    class Spy:
+        def __init__(self, sentences, **kwargs):
+            seen.update(kwargs)
+            self.wv = None
+
+    monkeypatch.setattr(gensim.models, "Word2Vec", Spy)
+    cfg = lab.W2VConfig(lr=0.07, min_lr=2e-4)
+    lab.train_gensim(["a", "b"] * 10, cfg)
+    assert (seen.get("alpha"), seen.get("min_alpha")) == (0.07, 2e-4), (
+        "gensim must train with the same learning-rate schedule as ours, or the comparison measures the rates")
+    assert (seen["vector_size"], seen["window"], seen["negative"], seen["sample"], seen["sg"]) == (
+        cfg.d_model, cfg.window, cfg.negative, cfg.sample, 1)
+
+
+@pytest.mark.given
+def test_fasttext_bin_loads_pretrained_vectors(lab):
+    import fasttext
+
+    from labkit import dataset_path
+
+    path = dataset_path("fasttext-lid", "lid.176.ftz")  # the one fastText model in the registry
+    wv = lab.load_fasttext_bin(path, max_words=500)
+    model = fasttext.load_model(str(path))
+    assert wv.words == list(model.words[:500]) and wv.dim == model.get_dimension()
+    w = wv.words[3]
+    assert np.allclose(wv[w], model.get_word_vector(w), atol=1e-6)
+    with pytest.raises(FileNotFoundError):
+        lab.load_fasttext_bin(path.parent / "no-such-model.bin")

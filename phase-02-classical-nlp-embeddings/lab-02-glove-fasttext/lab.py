@@ -209,6 +209,71 @@ def train_glove(cooc: sp.spmatrix, d_model: int = 100, epochs: int = 15, lr: flo
     return model, history
 
 
+# ----------------------------------------------------------------------------- PPMI + SVD
+def ppmi_matrix(cooc: sp.spmatrix, cds_alpha: float = 0.75) -> sp.csr_matrix:
+    """Positive pointwise mutual information of a co-occurrence matrix (Levy, Goldberg & Dagan 2015).
+
+    ``PMI(w, c) = log( P(w, c) / (P(w) P_alpha(c)) )`` with ``P(w, c) = X_wc / sum(X)``,
+    ``P(w) = X_w. / sum(X)`` (row sums) and the *smoothed* context distribution
+    ``P_alpha(c) = X_.c^alpha / sum_c' X_.c'^alpha`` (column sums raised to ``cds_alpha``, the
+    same 0.75 as word2vec's negative sampler: it stops rare contexts from getting huge PMI).
+    ``PPMI = max(PMI, 0)``; cells with ``X_wc = 0`` have PMI = -inf and stay 0, so the result
+    keeps (at most) the sparsity pattern of ``cooc``.
+
+    Args:
+        cooc: (V, V) non-negative co-occurrence counts (any scipy sparse format).
+        cds_alpha: context-distribution smoothing exponent in (0, 1]; 1 = plain PMI.
+
+    Returns:
+        float64 CSR matrix (V, V), all values > 0 (explicit zeros removed).
+
+    Raises:
+        ValueError: non-square, NaN/inf/negative values, an all-zero matrix, or ``cds_alpha``
+            outside (0, 1].
+    """
+    if cooc.shape[0] != cooc.shape[1]:
+        raise ValueError(f"cooc must be square (V, V), got shape {cooc.shape}")
+    if not (np.isfinite(cds_alpha) and 0 < cds_alpha <= 1):
+        raise ValueError(f"cds_alpha must be in (0, 1], got {cds_alpha}")
+    X = sp.csr_matrix(cooc, dtype=np.float64)
+    X.eliminate_zeros()
+    if not np.isfinite(X.data).all() or (X.data < 0).any():
+        raise ValueError("cooc holds NaN/inf or negative values")
+    if X.nnz == 0:
+        raise ValueError("cooc is all zeros: no co-occurrence to measure")
+    # TODO(5): row sums -> P(w); column sums ** alpha normalised -> P_alpha(c); on X.data only: log(X_wc / total) - log P(w) - log P_alpha(c); keep the positive entries (medium, ~20 min)
+    raise NotImplementedError("TODO(5)")
+
+
+def svd_vectors(M: sp.spmatrix, d_model: int = 100, eig_power: float = 0.5, seed: int = 0) -> np.ndarray:
+    """Word vectors from a truncated SVD ``M ~ U_d S_d V_d^T``: ``W = U_d S_d^eig_power``.
+
+    ``eig_power = 1`` is the textbook ``U S``; Levy et al. (2015) found that weighting the
+    singular values less (0.5, or 0) gives better similarity scores. Columns are ordered by
+    decreasing singular value. The sign of each column is arbitrary (cosines do not care).
+
+    Args:
+        M: (V, C) sparse matrix, ``d_model < min(V, C)``.
+        d_model: number of singular triplets kept.
+        eig_power: exponent applied to the singular values.
+        seed: start vector of the iterative solver (``scipy.sparse.linalg.svds``).
+
+    Returns:
+        float32 array (V, d_model).
+
+    Raises:
+        ValueError: ``d_model`` not in ``[1, min(V, C))`` or a NaN/inf ``eig_power``.
+    """
+    from scipy.sparse.linalg import svds
+
+    if not 1 <= d_model < min(M.shape):
+        raise ValueError(f"d_model must be in [1, {min(M.shape)}), got {d_model}")
+    if not np.isfinite(eig_power):
+        raise ValueError(f"eig_power must be finite, got {eig_power}")
+    # TODO(6): svds(M, k=d_model, random_state=seed) (it returns ascending singular values: reorder), then U * S**eig_power (easy, ~10 min)
+    raise NotImplementedError("TODO(6)")
+
+
 # ----------------------------------------------------------------------------- fastText
 def char_ngrams(word: str, minn: int = 3, maxn: int = 6) -> list[str]:
     """fastText's character n-grams of ``word``: every substring of ``"<" + word + ">"`` with
@@ -223,15 +288,15 @@ def char_ngrams(word: str, minn: int = 3, maxn: int = 6) -> list[str]:
     """
     if minn < 1 or maxn < minn:
         raise ValueError(f"need 1 <= minn <= maxn, got {minn}, {maxn}")
-    # TODO(5): wrap in < >, then all substrings with length in [minn, maxn], minus the lone "<" and ">" (easy, ~10 min)
-    raise NotImplementedError("TODO(5)")
+    # TODO(7): wrap in < >, then all substrings with length in [minn, maxn], minus the lone "<" and ">" (easy, ~10 min)
+    raise NotImplementedError("TODO(7)")
 
 
 def fnv1a_32(text: str) -> int:
     """fastText's string hash: 32-bit FNV-1a over the UTF-8 bytes, each byte sign-extended
     (fastText casts ``char`` -> ``int8_t`` -> ``uint32_t``, which matters for non-ASCII)."""
-    # TODO(6): h = 2166136261; for each byte: h ^= (byte as int8) & 0xffffffff; h = h * 16777619 mod 2^32 (medium, ~15 min)
-    raise NotImplementedError("TODO(6)")
+    # TODO(8): h = 2166136261; for each byte: h ^= (byte as int8) & 0xffffffff; h = h * 16777619 mod 2^32 (medium, ~15 min)
+    raise NotImplementedError("TODO(8)")
 
 
 class FastTextVectors:
@@ -252,8 +317,8 @@ class FastTextVectors:
     def subword_ids(self, word: str) -> list[int]:
         """Rows of the input matrix that make up ``word``: its own row when it is in the
         vocabulary, then ``nwords + fnv1a_32(ngram) % bucket`` for every character n-gram."""
-        # TODO(7): own id if known; every char n-gram hashed into the bucket range after the word rows (medium, ~15 min)
-        raise NotImplementedError("TODO(7)")
+        # TODO(9): own id if known; every char n-gram hashed into the bucket range after the word rows (medium, ~15 min)
+        raise NotImplementedError("TODO(9)")
 
     def vector(self, word: str) -> np.ndarray:
         """The word's vector: the MEAN of its subword rows, shape ``(d,)`` float32. Works for any
@@ -346,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     ids = vocab.encode(tokens)  # same vocabulary (min_count 5) for GloVe
     cooc = cooccurrence_matrix(ids, len(vocab), window=10)
+    t_cooc = time.perf_counter() - t0  # counted for GloVe and again for PPMI, which reuses it
     glove, hist = train_glove(cooc, d_model, epochs=args.glove_epochs, seed=args.seed)
     gl = ev.WordVectors(vocab.words, glove.vectors())
     print(f"GloVe: {cooc.nnz:,} non-zero cells, loss per cell {hist[0]:.4f} -> {hist[-1]:.4f} "
@@ -353,6 +419,13 @@ def main(argv: list[str] | None = None) -> int:
     if not hist[-1] < hist[0]:
         failures.append("GloVe loss did not decrease")
     rows.append(("GloVe (ours, AdaGrad)", gl, time.perf_counter() - t0))
+
+    t0 = time.perf_counter()
+    ppmi = ppmi_matrix(cooc)
+    pp = ev.WordVectors(vocab.words, svd_vectors(ppmi, d_model, seed=args.seed))
+    rows.append(("PPMI + SVD (ours, count-based)", pp, time.perf_counter() - t0 + t_cooc))
+    print(f"PPMI: {ppmi.nnz:,} positive cells of {cooc.nnz:,} non-zero co-occurrences (cds alpha 0.75); "
+          f"SVD to {d_model} dims, singular values ** 0.5")
 
     t0 = time.perf_counter()
     ft = train_fasttext(tokens, d_model, epochs=args.epochs)
@@ -380,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
           f"has {len(ft.words):,} words)")
     if scores["GloVe (ours, AdaGrad)"]["wordsim353"] < rand["wordsim353"] + 0.1:
         failures.append("GloVe is not clearly better than random vectors")
+    if scores["PPMI + SVD (ours, count-based)"]["wordsim353"] < rand["wordsim353"] + 0.1:
+        failures.append("PPMI + SVD is not clearly better than random vectors")
 
     print("\nout-of-vocabulary queries:")
     for q in ("computerr", "compuetr", "unfriendliness", "transformerish", "blorptastic"):

@@ -249,6 +249,83 @@ def train_glove(cooc: sp.spmatrix, d_model: int = 100, epochs: int = 15, lr: flo
     return model, history
 
 
+# ----------------------------------------------------------------------------- PPMI + SVD
+def ppmi_matrix(cooc: sp.spmatrix, cds_alpha: float = 0.75) -> sp.csr_matrix:
+    """Positive pointwise mutual information of a co-occurrence matrix (Levy, Goldberg & Dagan 2015).
+
+    ``PMI(w, c) = log( P(w, c) / (P(w) P_alpha(c)) )`` with ``P(w, c) = X_wc / sum(X)``,
+    ``P(w) = X_w. / sum(X)`` (row sums) and the *smoothed* context distribution
+    ``P_alpha(c) = X_.c^alpha / sum_c' X_.c'^alpha`` (column sums raised to ``cds_alpha``, the
+    same 0.75 as word2vec's negative sampler: it stops rare contexts from getting huge PMI).
+    ``PPMI = max(PMI, 0)``; cells with ``X_wc = 0`` have PMI = -inf and stay 0, so the result
+    keeps (at most) the sparsity pattern of ``cooc``.
+
+    Args:
+        cooc: (V, V) non-negative co-occurrence counts (any scipy sparse format).
+        cds_alpha: context-distribution smoothing exponent in (0, 1]; 1 = plain PMI.
+
+    Returns:
+        float64 CSR matrix (V, V), all values > 0 (explicit zeros removed).
+
+    Raises:
+        ValueError: non-square, NaN/inf/negative values, an all-zero matrix, or ``cds_alpha``
+            outside (0, 1].
+    """
+    if cooc.shape[0] != cooc.shape[1]:
+        raise ValueError(f"cooc must be square (V, V), got shape {cooc.shape}")
+    if not (np.isfinite(cds_alpha) and 0 < cds_alpha <= 1):
+        raise ValueError(f"cds_alpha must be in (0, 1], got {cds_alpha}")
+    X = sp.csr_matrix(cooc, dtype=np.float64)
+    X.eliminate_zeros()
+    if not np.isfinite(X.data).all() or (X.data < 0).any():
+        raise ValueError("cooc holds NaN/inf or negative values")
+    if X.nnz == 0:
+        raise ValueError("cooc is all zeros: no co-occurrence to measure")
+    # BEGIN SOLUTION row sums -> P(w); column sums ** alpha normalised -> P_alpha(c); on X.data only: log(X_wc / total) - log P(w) - log P_alpha(c); keep the positive entries (medium, ~20 min)
+    total = X.data.sum()
+    p_w = np.asarray(X.sum(axis=1)).ravel() / total  # (V,)
+    col = np.asarray(X.sum(axis=0)).ravel() ** cds_alpha
+    p_c = col / col.sum()  # (V,)
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    pmi = np.log(X.data / total) - np.log(p_w[rows]) - np.log(p_c[X.indices])
+    out = sp.csr_matrix((np.maximum(pmi, 0.0), X.indices.copy(), X.indptr.copy()), shape=X.shape)
+    out.eliminate_zeros()
+    return out
+    # END SOLUTION
+
+
+def svd_vectors(M: sp.spmatrix, d_model: int = 100, eig_power: float = 0.5, seed: int = 0) -> np.ndarray:
+    """Word vectors from a truncated SVD ``M ~ U_d S_d V_d^T``: ``W = U_d S_d^eig_power``.
+
+    ``eig_power = 1`` is the textbook ``U S``; Levy et al. (2015) found that weighting the
+    singular values less (0.5, or 0) gives better similarity scores. Columns are ordered by
+    decreasing singular value. The sign of each column is arbitrary (cosines do not care).
+
+    Args:
+        M: (V, C) sparse matrix, ``d_model < min(V, C)``.
+        d_model: number of singular triplets kept.
+        eig_power: exponent applied to the singular values.
+        seed: start vector of the iterative solver (``scipy.sparse.linalg.svds``).
+
+    Returns:
+        float32 array (V, d_model).
+
+    Raises:
+        ValueError: ``d_model`` not in ``[1, min(V, C))`` or a NaN/inf ``eig_power``.
+    """
+    from scipy.sparse.linalg import svds
+
+    if not 1 <= d_model < min(M.shape):
+        raise ValueError(f"d_model must be in [1, {min(M.shape)}), got {d_model}")
+    if not np.isfinite(eig_power):
+        raise ValueError(f"eig_power must be finite, got {eig_power}")
+    # BEGIN SOLUTION svds(M, k=d_model, random_state=seed) (it returns ascending singular values: reorder), then U * S**eig_power (easy, ~10 min)
+    U, S, _ = svds(sp.csr_matrix(M, dtype=np.float64), k=d_model, random_state=seed)
+    order = np.argsort(-S)
+    return (U[:, order] * S[order] ** eig_power).astype(np.float32)
+    # END SOLUTION
+
+
 # ----------------------------------------------------------------------------- fastText
 def char_ngrams(word: str, minn: int = 3, maxn: int = 6) -> list[str]:
     """fastText's character n-grams of ``word``: every substring of ``"<" + word + ">"`` with
@@ -399,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     ids = vocab.encode(tokens)  # same vocabulary (min_count 5) for GloVe
     cooc = cooccurrence_matrix(ids, len(vocab), window=10)
+    t_cooc = time.perf_counter() - t0  # counted for GloVe and again for PPMI, which reuses it
     glove, hist = train_glove(cooc, d_model, epochs=args.glove_epochs, seed=args.seed)
     gl = ev.WordVectors(vocab.words, glove.vectors())
     print(f"GloVe: {cooc.nnz:,} non-zero cells, loss per cell {hist[0]:.4f} -> {hist[-1]:.4f} "
@@ -406,6 +484,13 @@ def main(argv: list[str] | None = None) -> int:
     if not hist[-1] < hist[0]:
         failures.append("GloVe loss did not decrease")
     rows.append(("GloVe (ours, AdaGrad)", gl, time.perf_counter() - t0))
+
+    t0 = time.perf_counter()
+    ppmi = ppmi_matrix(cooc)
+    pp = ev.WordVectors(vocab.words, svd_vectors(ppmi, d_model, seed=args.seed))
+    rows.append(("PPMI + SVD (ours, count-based)", pp, time.perf_counter() - t0 + t_cooc))
+    print(f"PPMI: {ppmi.nnz:,} positive cells of {cooc.nnz:,} non-zero co-occurrences (cds alpha 0.75); "
+          f"SVD to {d_model} dims, singular values ** 0.5")
 
     t0 = time.perf_counter()
     ft = train_fasttext(tokens, d_model, epochs=args.epochs)
@@ -433,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
           f"has {len(ft.words):,} words)")
     if scores["GloVe (ours, AdaGrad)"]["wordsim353"] < rand["wordsim353"] + 0.1:
         failures.append("GloVe is not clearly better than random vectors")
+    if scores["PPMI + SVD (ours, count-based)"]["wordsim353"] < rand["wordsim353"] + 0.1:
+        failures.append("PPMI + SVD is not clearly better than random vectors")
 
     print("\nout-of-vocabulary queries:")
     for q in ("computerr", "compuetr", "unfriendliness", "transformerish", "blorptastic"):

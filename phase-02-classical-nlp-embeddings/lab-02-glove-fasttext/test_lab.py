@@ -168,12 +168,17 @@ def test_oov_refused_by_word_level_models(lab, tiny_fasttext):
         "fastText answers an unseen word from its character n-grams")
 
 
-def test_glove_beats_random_baseline(lab):
-    torch.set_num_threads(1)
+@pytest.fixture(scope="module")
+def text8_cooc(lab):
+    """Vocabulary (min_count 5) and window-10 co-occurrences of the first 250k text8 words."""
     toks = ev.load_text8_words(250_000)
-    w2v = load_lab("2.1")
-    vocab = w2v.build_vocab(toks, 5)
-    cooc = lab.cooccurrence_matrix(vocab.encode(toks), len(vocab), 10)
+    vocab = load_lab("2.1").build_vocab(toks, 5)
+    return vocab, lab.cooccurrence_matrix(vocab.encode(toks), len(vocab), 10)
+
+
+def test_glove_beats_random_baseline(lab, text8_cooc):
+    torch.set_num_threads(1)
+    vocab, cooc = text8_cooc
     glove, hist = lab.train_glove(cooc, d_model=50, epochs=8, seed=0)
     assert hist[-1] < hist[0], "the GloVe loss should fall over epochs"
     ours = ev.evaluate_word_pairs(ev.WordVectors(vocab.words, glove.vectors()), ev.standard_sets()["wordsim353"])
@@ -210,3 +215,66 @@ def test_glove_refuses_nan_and_out_of_range_input(lab):
     cooc = sp.csr_matrix(np.array([[0.0, np.nan], [1.0, 0.0]]))
     with pytest.raises(ValueError, match="NaN"):
         lab.train_glove(cooc, d_model=2, epochs=1)
+
+
+def brute_force_ppmi(X: np.ndarray, alpha: float) -> np.ndarray:
+    total = X.sum()
+    p_w = X.sum(1) / total
+    col = X.sum(0) ** alpha
+    p_c = col / col.sum()
+    out = np.zeros_like(X)
+    for i in range(X.shape[0]):
+        for j in range(X.shape[1]):
+            if X[i, j] > 0:
+                out[i, j] = max(0.0, math.log((X[i, j] / total) / (p_w[i] * p_c[j])))
+    return out
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.75])
+def test_ppmi_equals_brute_force(lab, alpha):
+    rng = np.random.default_rng(0)
+    X = rng.poisson(0.7, size=(12, 12)).astype(float) * rng.uniform(0.2, 3.0, size=(12, 12))
+    X = X + X.T
+    got = lab.ppmi_matrix(sp.csr_matrix(X), cds_alpha=alpha)
+    want = brute_force_ppmi(X, alpha)
+    assert sp.issparse(got) and got.shape == X.shape
+    assert np.allclose(got.toarray(), want, atol=1e-12), (
+        f"PPMI (cds alpha {alpha}) differs from max(0, log(P(w,c) / (P(w) P_alpha(c)))): P(w) from ROW sums, "
+        "P_alpha(c) from COLUMN sums ** alpha renormalised, zero cells stay 0")
+    assert (got.data > 0).all(), "store only the positive entries (eliminate the zeros)"
+
+
+def test_svd_vectors_equal_numpy_svd(lab):
+    M = sp.random(40, 30, density=0.3, random_state=2, format="csr") * 5
+    U, S, _ = np.linalg.svd(M.toarray(), full_matrices=False)  # descending singular values
+    for p_ in (1.0, 0.5):
+        W = lab.svd_vectors(M, d_model=6, eig_power=p_, seed=0).astype(np.float64)
+        assert W.shape == (40, 6)
+        ref = U[:, :6] * S[:6] ** p_
+        assert np.allclose(np.abs(W), np.abs(ref), atol=1e-5), (
+            f"eig_power={p_}: columns must be U_k * S_k**eig_power ordered by DECREASING singular value "
+            "(scipy's svds returns them in ascending order)")
+
+
+@pytest.mark.given
+def test_ppmi_and_svd_bad_input(lab):
+    with pytest.raises(ValueError, match="NaN"):
+        lab.ppmi_matrix(sp.csr_matrix(np.array([[1.0, np.nan], [1.0, 0.0]])))
+    with pytest.raises(ValueError, match="zeros"):
+        lab.ppmi_matrix(sp.csr_matrix((3, 3)))
+    with pytest.raises(ValueError, match="cds_alpha"):
+        lab.ppmi_matrix(sp.csr_matrix(np.eye(2)), cds_alpha=0.0)
+    with pytest.raises(ValueError, match="d_model"):
+        lab.svd_vectors(sp.csr_matrix(np.eye(4)), d_model=4)
+
+
+def test_ppmi_svd_beats_random_baseline(lab, text8_cooc):
+    vocab, cooc = text8_cooc
+    vecs = lab.svd_vectors(lab.ppmi_matrix(cooc), d_model=50, seed=0)
+    sets = ev.standard_sets()
+    ours = ev.evaluate_word_pairs(ev.WordVectors(vocab.words, vecs), sets["wordsim353"])
+    rand = ev.evaluate_word_pairs(
+        ev.WordVectors(vocab.words, np.random.default_rng(0).standard_normal((len(vocab), 50))), sets["wordsim353"])
+    assert ours.spearman > rand.spearman + 0.1, (
+        f"PPMI + SVD WordSim Spearman {ours.spearman:.3f} vs random {rand.spearman:.3f}: "
+        "is the SVD run on the PPMI matrix (not raw counts), and are the rows U * S**0.5?")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 import zlib
@@ -90,6 +91,51 @@ def load_text8_words(max_words: int | None = None) -> list[str]:
                 f"the local text8 prefix has only {len(words):,} words, asked for {max_words:,}; "
                 "full text8 (17M words) is not in the course registry"
             )
+        words = words[:max_words]
+    return words
+
+
+_WORD_RE = re.compile(r"[a-z]+")
+
+
+def english_prose_words(max_words: int | None = None) -> list[str]:
+    """English prose from several registry corpora, as lowercase ``a-z`` words (text8's style).
+
+    In this order: WikiText-2 valid + test (Wikipedia articles; its ``<unk>`` markers are
+    dropped), Tiny Shakespeare, the ARC-Easy question stems and answer choices, the MMLU
+    questions and answer choices (every split), then the local text8 prefix. Digits and
+    punctuation are dropped. About 3.0M words in all; ``max_words`` keeps the first ones.
+
+    Raises:
+        ValueError: ``max_words`` is not a positive int or exceeds what the sources hold.
+    """
+    import csv
+    import io
+    import json
+
+    from labkit import read_text
+    from labkit.data import registry
+
+    if max_words is not None:
+        max_words = _positive_int(max_words, "max_words")
+    texts = [read_text("wikitext-2", f).replace("<unk>", " ") for f in ("valid.txt", "test.txt")]
+    texts.append(read_text("tinyshakespeare", "input.txt"))
+    for split in ("Train", "Dev", "Test"):
+        for line in read_text("arc-easy", f"ARC-Easy-{split}.jsonl").splitlines():
+            q = json.loads(line)["question"]
+            texts.append(" ".join([q["stem"], *(c["text"] for c in q["choices"])]))
+    for name in sorted(registry()["mmlu"]["files"]):
+        if name.endswith(".csv"):
+            texts += [" ".join(row[:5]) for row in csv.reader(io.StringIO(read_text("mmlu", name)))]
+    words: list[str] = []
+    for t in texts:
+        words += _WORD_RE.findall(t.lower())
+        if max_words is not None and len(words) >= max_words:
+            return words[:max_words]
+    words += load_text8_words()
+    if max_words is not None:
+        if max_words > len(words):
+            raise ValueError(f"the English prose sources hold {len(words):,} words, asked for {max_words:,}")
         words = words[:max_words]
     return words
 

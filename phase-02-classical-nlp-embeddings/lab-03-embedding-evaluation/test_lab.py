@@ -330,3 +330,12 @@ def test_bad_input(lab):
         lab.known_vocab(["a"], restrict_vocab=0)
     with pytest.raises(ValueError):
         lab.spearman([1, 2, 3], [1, 2])
+
+
+@pytest.mark.given
+def test_english_prose_words(lab):
+    words = lab.english_prose_words(20_000)
+    assert len(words) == 20_000 and all(w.isalpha() and w.islower() and w.isascii() for w in words)
+    assert "unk" not in words[:5000], "WikiText's <unk> markers are dropped, not kept as a word"
+    with pytest.raises(ValueError):
+        lab.english_prose_words(0)
