@@ -35,6 +35,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
@@ -44,9 +47,24 @@ FIGURES = HERE / "figures"
 # ----------------------------------------------------------------------------- validation
 
 
+def _check_mask(attn_mask: torch.Tensor, want: tuple[int, ...]) -> None:
+    """Raise unless ``attn_mask`` is a bool tensor that broadcasts to ``want`` without growing it."""
+    if not isinstance(attn_mask, torch.Tensor) or attn_mask.dtype != torch.bool:
+        got = attn_mask.dtype if isinstance(attn_mask, torch.Tensor) else type(attn_mask).__name__
+        raise TypeError(f"attn_mask must be a bool tensor (True = may attend), got {got}")
+    try:
+        grown = torch.broadcast_shapes(attn_mask.shape, want)
+    except RuntimeError:
+        raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to the "
+                         f"score shape (*batch, T_q, T_k) = {tuple(want)}") from None
+    if grown != torch.Size(want):
+        raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} would grow the score shape "
+                         f"{tuple(want)}; it must broadcast *to* it")
+
+
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                attn_mask: torch.Tensor | None) -> None:
-    """Raise a clear error when q/k/v/mask do not fit together (shared by all three versions)."""
+    """Raise a clear error when q/k/v/mask do not fit together (shared by every version here)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -54,6 +72,8 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
         if t.dim() < 2:
             raise ValueError(f"{name} must have shape (*batch, T, d), got {tuple(t.shape)}")
+        if 0 in t.shape:
+            raise ValueError(f"{name} is empty (shape {tuple(t.shape)}): attention needs T >= 1 and d >= 1")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
@@ -66,19 +86,22 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if k.shape[-2] != v.shape[-2]:
         raise ValueError(f"k and v must have the same number of keys T_k: "
                          f"got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not bool(torch.isfinite(t).all()):
+            what = "NaN" if bool(torch.isnan(t).any()) else "inf"
+            raise ValueError(f"{name} contains {what}: attention would spread it to every output row "
+                             "that reads it; find where it came from (an overflow upstream?)")
     if attn_mask is not None:
-        if not isinstance(attn_mask, torch.Tensor) or attn_mask.dtype != torch.bool:
-            got = attn_mask.dtype if isinstance(attn_mask, torch.Tensor) else type(attn_mask).__name__
-            raise TypeError(f"attn_mask must be a bool tensor (True = may attend), got {got}")
-        want = (*q.shape[:-2], q.shape[-2], k.shape[-2])
-        try:
-            torch.broadcast_shapes(attn_mask.shape, want)
-        except RuntimeError:
-            raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to the "
-                             f"score shape (*batch, T_q, T_k) = {want}") from None
-        if torch.broadcast_shapes(attn_mask.shape, want) != torch.Size(want):
-            raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} would grow the score shape "
-                             f"{want}; it must broadcast *to* it")
+        _check_mask(attn_mask, (*q.shape[:-2], q.shape[-2], k.shape[-2]))
+
+
+def _scale(scale: float | None, d_k: int) -> float:
+    """The score multiplier: ``1/sqrt(d_k)`` by default; a given one must be a finite number."""
+    if scale is None:
+        return 1.0 / math.sqrt(d_k)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number (or None for 1/sqrt(d_k)), got {scale!r}")
+    return float(scale)
 
 
 # ----------------------------------------------------------------------------- masks
@@ -133,6 +156,8 @@ def padding_mask(lengths: torch.Tensor, T_k: int) -> torch.Tensor:
         raise TypeError(f"lengths must be an integer tensor of shape (B,), got {lengths!r}")
     if lengths.dim() != 1:
         raise ValueError(f"lengths must have shape (B,), got {tuple(lengths.shape)}")
+    if isinstance(T_k, bool) or not isinstance(T_k, int) or T_k < 0:
+        raise ValueError(f"T_k must be an int >= 0, got {T_k!r}")
     if (lengths < 0).any() or (lengths > T_k).any():
         raise ValueError(f"every length must be in [0, T_k={T_k}], got {lengths.tolist()}")
     # BEGIN SOLUTION compare arange(T_k) against each length, add the query axis (easy, ~5 min)
@@ -146,15 +171,35 @@ def masked_softmax(scores: torch.Tensor, attn_mask: torch.Tensor | None = None) 
 
     Masked scores are set to -inf *before* the softmax, so the surviving weights renormalise
     among the allowed keys. A row with no allowed key returns all zeros (not NaN), and its
-    gradient is zero too.
+    gradient is zero too. A score that is already ``-inf`` counts as masked (so a row of
+    ``-inf`` also gives zeros).
 
     Args:
-        scores: float tensor (*batch, T_q, T_k).
+        scores: float tensor (*batch, T_q, T_k), T_k >= 1; finite or ``-inf``.
         attn_mask: bool tensor broadcastable to ``scores``, True = keep; None = keep all.
 
     Returns:
         weights, same shape and dtype as ``scores``; each row sums to 1 (or to 0 if fully masked).
+
+    Raises:
+        TypeError: ``scores`` is not a float tensor, or ``attn_mask`` is not bool.
+        ValueError: ``scores`` is empty or holds NaN or ``+inf`` (no softmax exists: the row would
+            be NaN), or ``attn_mask`` does not broadcast to ``scores``.
     """
+    if not isinstance(scores, torch.Tensor) or not scores.is_floating_point():
+        got = scores.dtype if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise TypeError(f"scores must be a floating-point tensor, got {got}")
+    if scores.dim() < 1 or scores.numel() == 0:
+        raise ValueError(f"scores is empty (shape {tuple(scores.shape)}): softmax needs T_k >= 1")
+    if attn_mask is not None:
+        _check_mask(attn_mask, tuple(scores.shape))
+    lo, hi = torch.aminmax(scores)
+    if bool(torch.isnan(hi)) or bool(hi == float("inf")):
+        raise ValueError(f"scores contain {'NaN' if bool(torch.isnan(hi)) else '+inf'}: the softmax of that "
+                         "row is undefined (NaN); did q or k overflow, e.g. float16 dot products > 65504?")
+    if bool(lo == float("-inf")):  # -inf already means "no weight": fold it into the mask
+        finite = scores > float("-inf")
+        attn_mask = finite if attn_mask is None else attn_mask & finite
     if attn_mask is None:
         return torch.softmax(scores, dim=-1)
     # BEGIN SOLUTION -inf on masked scores; rows with no allowed key must give zeros, not NaN (medium, ~15 min)
@@ -187,7 +232,7 @@ def attention_loops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         TypeError / ValueError: see the mask and shape rules in the module docstring.
     """
     _check_qkv(q, k, v, attn_mask)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scale = _scale(scale, q.shape[-1])
     batch = q.shape[:-2]
     T_q, T_k, d_v = q.shape[-2], k.shape[-2], v.shape[-1]
     qf, kf, vf = q.reshape(-1, T_q, q.shape[-1]), k.reshape(-1, T_k, k.shape[-1]), v.reshape(-1, T_k, d_v)
@@ -222,7 +267,7 @@ def attention_bmm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     Same arguments, returns and errors as :func:`attention_loops`.
     """
     _check_qkv(q, k, v, attn_mask)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scale = _scale(scale, q.shape[-1])
     batch = q.shape[:-2]
     T_q, T_k, d_v = q.shape[-2], k.shape[-2], v.shape[-1]
     # BEGIN SOLUTION flatten to (N, T, d); scores = bmm(q, k^T) * scale; masked_softmax; bmm(weights, v) (medium, ~15 min)
@@ -245,12 +290,283 @@ def attention_einsum(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     Same arguments, returns and errors as :func:`attention_loops`.
     """
     _check_qkv(q, k, v, attn_mask)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scale = _scale(scale, q.shape[-1])
     # BEGIN SOLUTION two einsums: '...id,...jd->...ij' for scores, '...ij,...jd->...id' for the output (easy, ~10 min)
     scores = torch.einsum("...id,...jd->...ij", q, k) * scale
     weights = masked_softmax(scores, attn_mask)
     return torch.einsum("...ij,...jd->...id", weights, v), weights
     # END SOLUTION
+
+
+# ----------------------------------------------------------------------------- FlashAttention, tiled
+#
+# The three versions above build the whole (T_q, T_k) score matrix. FlashAttention (Dao et al. 2022;
+# FlashAttention-2, Dao 2023, Algorithms 1 and 2) computes exactly the same output tile by tile and
+# never holds more than one (block_q, block_k) tile of scores. Two ideas make that possible:
+#
+# * online softmax (Milakov & Gimelshein 2018): a running max m and a running normaliser l per row;
+#   when a new tile raises the max from m to m', everything accumulated so far is multiplied by
+#   exp(m - m') so it is expressed relative to the new max;
+# * recomputation in the backward pass: save only the output O and one number per query row, the
+#   log-sum-exp L = m + log(l); the backward pass rebuilds each tile's weights as exp(S - L).
+#
+# On a GPU the tiles live in on-chip SRAM, which is where the speed comes from. In plain PyTorch on a
+# CPU the Python loop over tiles is slower than one big matmul, but the memory saving is the same,
+# and the self-test measures it.
+
+
+def _check_blocks(block_q: int, block_k: int) -> None:
+    for name, b in (("block_q", block_q), ("block_k", block_k)):
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ValueError(f"{name} must be a positive int (tile size in tokens), got {b!r}")
+
+
+def online_softmax(scores: torch.Tensor, block_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over the last axis, reading it in blocks with a running max and normaliser.
+
+    One pass over the blocks keeps, per row, the largest score seen so far ``m`` and
+    ``l = sum_j exp(s_j - m)`` over the scores seen so far; when a block raises the max to ``m'``,
+    ``l`` is first rescaled by ``exp(m - m')``. After the pass ``logsumexp = m + log(l)`` and the
+    weights are ``exp(s - logsumexp)``. No ``exp`` ever sees a positive argument, so float32 scores
+    in the thousands are fine (Milakov & Gimelshein 2018, "Online normalizer calculation for softmax").
+
+    Args:
+        scores: float tensor (*batch, T), T >= 1, every entry finite.
+        block_size: how many scores of a row are read at a time (the last block may be shorter).
+
+    Returns:
+        ``(weights, logsumexp)``: weights like ``scores`` (rows sum to 1), logsumexp (*batch,).
+
+    Raises:
+        TypeError: ``scores`` is not a float tensor.
+        ValueError: empty ``scores``, a NaN or infinite score, or ``block_size`` < 1.
+    """
+    if not isinstance(scores, torch.Tensor) or not scores.is_floating_point():
+        got = scores.dtype if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise TypeError(f"scores must be a floating-point tensor, got {got}")
+    if scores.dim() < 1 or scores.numel() == 0:
+        raise ValueError(f"scores is empty (shape {tuple(scores.shape)})")
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("online_softmax needs finite scores (NaN/inf found); leave masked keys out instead")
+    _check_blocks(block_size, block_size)
+    T = scores.shape[-1]
+    m = torch.full((*scores.shape[:-1], 1), float("-inf"), dtype=scores.dtype, device=scores.device)
+    l = torch.zeros_like(m)
+    # BEGIN SOLUTION for each block: new max m' = max(m, block max); l = l * exp(m - m') + sum exp(block - m'); then lse = m + log(l) (medium, ~15 min)
+    for start in range(0, T, block_size):
+        block = scores[..., start:start + block_size]
+        m_new = torch.maximum(m, block.amax(dim=-1, keepdim=True))
+        l = l * torch.exp(m - m_new) + torch.exp(block - m_new).sum(dim=-1, keepdim=True)  # exp(-inf) = 0 at the start
+        m = m_new
+    lse = m + torch.log(l)
+    return torch.exp(scores - lse), lse.squeeze(-1)
+    # END SOLUTION
+
+
+def _tile_causal_mask(i0: int, n_q: int, j0: int, n_k: int, offset: int,
+                      device: torch.device) -> torch.Tensor:
+    """(n_q, n_k) bool, True where query ``i0 + a`` may see key ``j0 + b`` under a causal mask whose
+    queries are the last T_q of T_k positions (``offset = T_k - T_q``), as :func:`causal_mask`."""
+    rows = torch.arange(i0, i0 + n_q, device=device)[:, None] + offset
+    cols = torch.arange(j0, j0 + n_k, device=device)[None, :]
+    return cols <= rows
+
+
+def _check_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool,
+                 block_q: int, block_k: int) -> None:
+    _check_qkv(q, k, v, None)
+    _check_blocks(block_q, block_k)
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"is_causal must be a bool, got {is_causal!r}")
+    if is_causal and k.shape[-2] < q.shape[-2]:
+        raise ValueError(f"is_causal needs T_k >= T_q (queries are the last T_q positions), "
+                         f"got T_q={q.shape[-2]}, T_k={k.shape[-2]}")
+
+
+def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False,
+                            scale: float | None = None, block_q: int = 32,
+                            block_k: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tiled attention forward with an online softmax (FlashAttention-2, Dao 2023, Algorithm 1).
+
+    For each tile of ``block_q`` queries, loop over tiles of ``block_k`` keys: scores of the tile,
+    new running max, rescale the running normaliser AND the running (unnormalised) output by
+    ``exp(m_old - m_new)``, add this tile's contribution; divide by the normaliser at the end.
+    Under ``is_causal`` the key tiles that lie wholly in a query tile's future are skipped and the
+    tiles that cross the diagonal are masked with -inf. Memory: one (block_q, block_k) tile of
+    scores at a time, never (T_q, T_k).
+
+    Args:
+        q: (*batch, T_q, d_k) float.  k: (*batch, T_k, d_k).  v: (*batch, T_k, d_v).
+        is_causal: the mask of :func:`causal_mask` (queries are the last T_q of T_k positions).
+        scale: multiplier of the scores; default ``1 / sqrt(d_k)``.
+        block_q, block_k: tile sizes in tokens (need not divide T_q, T_k).
+
+    Returns:
+        ``(out, lse)``: out (*batch, T_q, d_v) equal to ``F.scaled_dot_product_attention``;
+        lse (*batch, T_q), the log-sum-exp of each query's (scaled, masked) scores, which the
+        backward pass needs. Same dtype as q.
+
+    Raises:
+        TypeError / ValueError: the checks of :func:`attention_bmm`, a tile size < 1, or
+        ``is_causal`` with T_k < T_q.
+    """
+    _check_flash(q, k, v, is_causal, block_q, block_k)
+    scale = _scale(scale, q.shape[-1])
+    T_q, T_k = q.shape[-2], k.shape[-2]
+    offset = T_k - T_q  # causal: query i sits at absolute position offset + i
+    out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
+    lse = torch.empty(q.shape[:-1], dtype=q.dtype, device=q.device)
+    # BEGIN SOLUTION per query tile: m = -inf, l = 0, acc = 0; per key tile (causal: stop after the diagonal, mask the crossing tile): s = q_i k_j^T * scale; m_new; alpha = exp(m - m_new); l = alpha*l + rowsum(p); acc = alpha*acc + p v_j; finally out = acc / l, lse = m + log l (hard, ~40 min)
+    for i0 in range(0, T_q, block_q):
+        qi = q[..., i0:i0 + block_q, :]                                  # (*batch, n_q, d_k)
+        n_q = qi.shape[-2]
+        m = torch.full((*qi.shape[:-1], 1), float("-inf"), dtype=q.dtype, device=q.device)
+        l = torch.zeros_like(m)
+        acc = torch.zeros(*qi.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
+        # causal: keys after the last query of this tile are all in the future, skip those tiles
+        k_stop = min(T_k, offset + i0 + n_q) if is_causal else T_k
+        for j0 in range(0, k_stop, block_k):
+            kj, vj = k[..., j0:j0 + block_k, :], v[..., j0:j0 + block_k, :]
+            s = (qi @ kj.transpose(-2, -1)) * scale                      # (*batch, n_q, n_k): one tile
+            if is_causal and j0 + kj.shape[-2] - 1 > offset + i0:        # the tile crosses the diagonal
+                s = s.masked_fill(~_tile_causal_mask(i0, n_q, j0, kj.shape[-2], offset, q.device), float("-inf"))
+            # every query sees key 0 (in the first tile), so m_new is finite from the first tile on
+            m_new = torch.maximum(m, s.amax(dim=-1, keepdim=True))
+            p = torch.exp(s - m_new)
+            alpha = torch.exp(m - m_new)                                 # how much the old max was off by
+            l = alpha * l + p.sum(dim=-1, keepdim=True)
+            acc = alpha * acc + p @ vj
+            m = m_new
+        out[..., i0:i0 + n_q, :] = acc / l
+        lse[..., i0:i0 + n_q] = (m + torch.log(l)).squeeze(-1)
+    return out, lse
+    # END SOLUTION
+
+
+def flash_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                             lse: torch.Tensor, grad_out: torch.Tensor, is_causal: bool = False,
+                             scale: float | None = None, block_q: int = 32,
+                             block_k: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tiled attention backward by recomputation (FlashAttention-2, Dao 2023, Algorithm 2).
+
+    With ``P = softmax(S)``, ``S = scale * Q K^T`` and upstream gradient ``dO``:
+    ``dV = P^T dO``, ``dP = dO V^T``, ``dS = P * (dP - D)`` with ``D = rowsum(dO * O)``,
+    ``dQ = scale * dS K`` and ``dK = scale * dS^T Q``. Nothing of size (T_q, T_k) was saved: each
+    tile's ``P`` is rebuilt from the saved log-sum-exp as ``exp(S_tile - lse)``.
+
+    Args:
+        q, k, v, is_causal, scale, block_q, block_k: as given to :func:`flash_attention_forward`.
+        out, lse: what :func:`flash_attention_forward` returned.
+        grad_out: (*batch, T_q, d_v), d(loss)/d(out).
+
+    Returns:
+        ``(dq, dk, dv)``, shaped like q, k, v.
+
+    Raises:
+        TypeError / ValueError: as :func:`flash_attention_forward`, or ``out``/``lse``/``grad_out``
+        whose shapes do not match q and v.
+    """
+    _check_flash(q, k, v, is_causal, block_q, block_k)
+    want_out = (*q.shape[:-1], v.shape[-1])
+    for name, t, want in (("out", out, want_out), ("grad_out", grad_out, want_out), ("lse", lse, q.shape[:-1])):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(want):
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must have shape {tuple(want)}, got {got}")
+    scale = _scale(scale, q.shape[-1])
+    T_q, T_k = q.shape[-2], k.shape[-2]
+    offset = T_k - T_q
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    # BEGIN SOLUTION D = rowsum(grad_out * out); per key tile j: per query tile i (causal: only the tiles that can see j): recompute s, mask, p = exp(s - lse_i); dv_j += p^T dO_i; dp = dO_i v_j^T; ds = p * (dp - D_i); dq_i += scale * ds k_j; dk_j += scale * ds^T q_i (hard, ~40 min)
+    D = (grad_out * out).sum(dim=-1, keepdim=True)                       # (*batch, T_q, 1)
+    L = lse[..., None]                                                   # (*batch, T_q, 1)
+    for j0 in range(0, T_k, block_k):
+        kj, vj = k[..., j0:j0 + block_k, :], v[..., j0:j0 + block_k, :]
+        n_k = kj.shape[-2]
+        dk_j, dv_j = torch.zeros_like(kj), torch.zeros_like(vj)
+        # causal: query i sees key j0 only if offset + i >= j0; start at the tile holding that query
+        i_start = (max(0, j0 - offset) // block_q) * block_q if is_causal else 0
+        for i0 in range(i_start, T_q, block_q):
+            qi, doi = q[..., i0:i0 + block_q, :], grad_out[..., i0:i0 + block_q, :]
+            n_q = qi.shape[-2]
+            s = (qi @ kj.transpose(-2, -1)) * scale                      # (*batch, n_q, n_k)
+            if is_causal and j0 + n_k - 1 > offset + i0:
+                s = s.masked_fill(~_tile_causal_mask(i0, n_q, j0, n_k, offset, q.device), float("-inf"))
+            p = torch.exp(s - L[..., i0:i0 + n_q, :])                    # this tile of softmax(S), exactly
+            dv_j += p.transpose(-2, -1) @ doi
+            dp = doi @ vj.transpose(-2, -1)
+            ds = p * (dp - D[..., i0:i0 + n_q, :])
+            dq[..., i0:i0 + n_q, :] += scale * (ds @ kj)
+            dk_j += scale * (ds.transpose(-2, -1) @ qi)
+        dk[..., j0:j0 + n_k, :] = dk_j
+        dv[..., j0:j0 + n_k, :] = dv_j
+    return dq, dk, dv
+    # END SOLUTION
+
+
+class FlashAttentionFunction(torch.autograd.Function):
+    """Autograd wrapper: forward saves (q, k, v, out, lse), backward is :func:`flash_attention_backward`."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, is_causal, scale, block_q, block_k):  # noqa: D102
+        out, lse = flash_attention_forward(q, k, v, is_causal, scale, block_q, block_k)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.config = (is_causal, scale, block_q, block_k)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = flash_attention_backward(q, k, v, out, lse, grad_out.contiguous(), *ctx.config)
+        return dq, dk, dv, None, None, None, None
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False,
+                    scale: float | None = None, block_q: int = 32, block_k: int = 32) -> torch.Tensor:
+    """Differentiable tiled attention: :func:`flash_attention_forward` with
+    :func:`flash_attention_backward` as its gradient. Returns out (*batch, T_q, d_v).
+
+    Arguments and errors as :func:`flash_attention_forward`.
+    """
+    _check_flash(q, k, v, is_causal, block_q, block_k)
+    return FlashAttentionFunction.apply(q, k, v, is_causal, scale, block_q, block_k)
+
+
+class PeakMemory(TorchDispatchMode):
+    """Count the bytes of the tensors that PyTorch ops allocate inside a ``with`` block.
+
+    Every op runs through ``__torch_dispatch__``. A result whose storage is new (not one of the
+    op's inputs: views and in-place ops allocate nothing) is added to a live set; a storage that
+    has been freed since the last op (its weak reference expired) is removed. ``peak`` is the
+    largest live total seen after any op (the op's inputs are still alive then, so temporaries
+    count), ``largest`` the largest single allocation. Inputs that existed before the block are
+    not counted. Scratch memory a kernel uses internally without returning it is invisible, as
+    is the allocator's caching: this is "bytes of tensors", not the process's RSS.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.current = self.peak = self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        kwargs = kwargs or {}
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor)}
+        result = func(*args, **kwargs)
+        for key, (ref, nbytes) in list(self.live.items()):
+            if ref.expired():
+                self.current -= nbytes
+                del self.live[key]
+        for t in tree_flatten(result)[0]:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key, nbytes = storage.data_ptr(), storage.nbytes()
+                if nbytes and key not in inputs and key not in self.live:
+                    self.live[key] = (StorageWeakRef(storage), nbytes)
+                    self.current += nbytes
+                    self.largest = max(self.largest, nbytes)
+        self.peak = max(self.peak, self.current)
+        return result
 
 
 # ----------------------------------------------------------------------------- toy task
@@ -300,6 +616,8 @@ class FindTokenAttention(nn.Module):
 
     forward(tokens (B, T) long, lengths (B,)) -> (logits (B, n_signal), weights (B, 1, T)).
     Padding keys are masked with :func:`padding_mask`; attention uses :func:`attention_bmm`.
+    Raises TypeError for non-integer tokens and ValueError for token ids outside
+    [0, vocab_size) or ``lengths`` that are not (B,) values in [0, T].
     """
 
     def __init__(self, cfg: FindTokenConfig):
@@ -312,8 +630,18 @@ class FindTokenAttention(nn.Module):
         self.head = nn.Linear(cfg.d_model, cfg.n_signal)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(tokens, torch.Tensor) or tokens.is_floating_point() or tokens.dtype == torch.bool:
+            raise TypeError(f"tokens must be an integer tensor of token ids, got {tokens!r:.80}")
         if tokens.dim() != 2:
             raise ValueError(f"tokens must have shape (B, T), got {tuple(tokens.shape)}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.cfg.vocab_size):
+            raise ValueError(f"token ids must be in [0, vocab_size={self.cfg.vocab_size}), got min "
+                             f"{tokens.min().item()}, max {tokens.max().item()}")
+        if not isinstance(lengths, torch.Tensor) or tuple(lengths.shape) != (tokens.shape[0],):
+            got = tuple(lengths.shape) if isinstance(lengths, torch.Tensor) else type(lengths).__name__
+            raise ValueError(f"lengths must have shape (B,) = ({tokens.shape[0]},), got {got}")
+        if lengths.numel() and (lengths.min() < 0 or lengths.max() > tokens.shape[1]):
+            raise ValueError(f"every length must be in [0, T_k={tokens.shape[1]}], got {lengths.tolist()}")
         # BEGIN SOLUTION embed; k, v projections; the learned query for every row; padding mask; attention_bmm; head (medium, ~15 min)
         x = self.embed(tokens)                                   # (B, T, C)
         k, v = self.w_k(x), self.w_v(x)                          # (B, T, C) each
@@ -482,6 +810,131 @@ def _plot_shakespeare(res: dict, path: Path) -> Path:
     return savefig(fig, path)
 
 
+def naive_softmax(scores: torch.Tensor) -> torch.Tensor:
+    """``exp(s) / sum(exp(s))`` without subtracting the max: the version that overflows (for the demo)."""
+    e = torch.exp(scores)
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+def flash_memory_table(seq_lens: list[int], B: int = 1, H: int = 2, d: int = 32, block: int = 64,
+                       repeats: int = 3, seed: int = 0) -> list[dict[str, float]]:
+    """Per T: :class:`PeakMemory` peak and largest allocation (bytes) of causal attention, forward
+    only (no grad) and forward + backward, for ``attention_bmm`` (naive) and ``flash_attention``,
+    plus the fastest-of-``repeats`` forward + backward wall time (seconds) of each, float32."""
+    from labkit import benchmark
+
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for T in tqdm(seq_lens, desc="flash memory"):
+        q, k, v = (torch.randn(B, H, T, d, generator=g) for _ in range(3))
+        mask = causal_mask(T)
+        fns = {
+            "naive": lambda a, b, c, m=mask: attention_bmm(a, b, c, attn_mask=m)[0],
+            "flash": lambda a, b, c: flash_attention(a, b, c, is_causal=True, block_q=block, block_k=block),
+        }
+        row: dict[str, float] = {"T": T, "scores_bytes": B * H * T * T * 4}
+        for name, fn in fns.items():
+            with torch.no_grad(), PeakMemory() as pm:
+                fn(q, k, v)
+            row[f"{name}_fwd_peak"], row[f"{name}_fwd_largest"] = pm.peak, pm.largest
+            leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+            with PeakMemory() as pm:
+                fn(*leaves).sum().backward()
+            row[f"{name}_train_peak"] = pm.peak
+
+            def step(fn=fn, qkv=(q, k, v)) -> None:
+                leaves = [t.clone().requires_grad_(True) for t in qkv]
+                fn(*leaves).sum().backward()
+
+            row[f"{name}_train_s"] = benchmark(step, repeats=repeats, warmup=0, name=name).min
+        rows.append(row)
+    return rows
+
+
+def flash_section(full: bool, seed: int) -> dict:
+    """Self-test part 3: float32 softmax stability, FlashAttention agreement, memory. Prints tables."""
+    ok = True
+    g = torch.Generator().manual_seed(seed)
+    # a) float32 scores in the thousands, with the row max moving towards the end (online rescaling matters)
+    scores = (torch.randn(8, 64, generator=g) * 300 + torch.linspace(0, 3000, 64)).float()
+    want = torch.softmax(scores.double(), dim=-1)
+    naive = naive_softmax(scores)
+    online, lse = online_softmax(scores, block_size=16)
+    nan_rows = int(torch.isnan(naive).any(-1).sum())
+    print("\n== softmax of float32 scores up to ~3,000 (8 rows x 64), max |diff| from float64 torch.softmax")
+    print(f"exp(s)/sum(exp(s)), no max subtracted: {nan_rows} of 8 rows NaN (exp overflows float32 above ~88.7)")
+    err_online = (online.double() - want).abs().max().item()
+    err_lse = (lse.double() - torch.logsumexp(scores.double(), -1)).abs().max().item()
+    print(f"online_softmax, blocks of 16:           max |diff| {err_online:.1e}, logsumexp |diff| {err_lse:.1e}")
+    ok &= nan_rows == 8 and err_online < 1e-6 and err_lse < 1e-3
+
+    # b) tiled forward and backward against SDPA (and autograd through it)
+    print("\n== flash_attention vs F.scaled_dot_product_attention (B=2, H=2, T_q=T_k=50, d=16, tiles 16 x 12)")
+    print(f"{'dtype':<9}{'causal':<8}{'out':>10}{'lse':>10}{'dq':>10}{'dk':>10}{'dv':>10}")
+    for dtype, mult, tol in ((torch.float64, 1.0, 1e-10), (torch.float32, 30.0, 2e-4)):
+        for causal in (False, True):
+            q, k, v = (torch.randn(2, 2, 50, 16, generator=g, dtype=dtype) for _ in range(3))
+            q = q * mult  # float32 row: large scores (|s| in the hundreds), where an unstable softmax overflows
+            ours = [t.clone().requires_grad_(True) for t in (q, k, v)]
+            ref = [t.clone().requires_grad_(True) for t in (q, k, v)]
+            out = flash_attention(*ours, is_causal=causal, block_q=16, block_k=12)
+            want_out = F.scaled_dot_product_attention(*ref, is_causal=causal)
+            upstream = torch.randn(out.shape, generator=g, dtype=dtype)
+            out.backward(upstream)
+            want_out.backward(upstream)
+            _, lse = flash_attention_forward(q, k, v, causal, None, 16, 12)
+            s = (q @ k.transpose(-2, -1)) / 4.0
+            if causal:
+                s = s.masked_fill(~causal_mask(50), float("-inf"))
+            errs = [(out - want_out).abs().max().item(), (lse - torch.logsumexp(s, -1)).abs().max().item()]
+            errs += [(a.grad - b.grad).abs().max().item() for a, b in zip(ours, ref)]
+            print(f"{str(dtype).split('.')[1]:<9}{str(causal):<8}" + "".join(f"{e:>10.1e}" for e in errs))
+            ok &= max(errs) < tol
+
+    # c) memory and time, causal, float32
+    seq_lens = [256, 512, 1024, 2048, 4096] if full else [128, 256, 512, 1024]
+    rows = flash_memory_table(seq_lens, seed=seed)
+    mib = 2.0 ** 20
+    print("\n== causal attention, float32, B=1, H=2, d=32, tiles 64 x 64: peak MiB of tensors allocated "
+          "(PeakMemory), and forward+backward seconds (fastest of 3)")
+    print(f"{'T':>6}{'T x T scores':>13}{'naive fwd':>11}{'flash fwd':>11}{'ratio':>7}"
+          f"{'naive f+b':>11}{'flash f+b':>11}{'ratio':>7}{'naive s':>9}{'flash s':>9}")
+    for r in rows:
+        print(f"{r['T']:>6}{r['scores_bytes'] / mib:>13.2f}{r['naive_fwd_peak'] / mib:>11.2f}"
+              f"{r['flash_fwd_peak'] / mib:>11.2f}{r['naive_fwd_peak'] / r['flash_fwd_peak']:>7.1f}"
+              f"{r['naive_train_peak'] / mib:>11.2f}{r['flash_train_peak'] / mib:>11.2f}"
+              f"{r['naive_train_peak'] / r['flash_train_peak']:>7.1f}"
+              f"{r['naive_train_s']:>9.3f}{r['flash_train_s']:>9.3f}")
+    last = rows[-1]
+    print(f"largest single allocation at T={last['T']}: naive {last['naive_fwd_largest'] / mib:.2f} MiB "
+          f"(a T x T matrix), flash {last['flash_fwd_largest'] / mib:.3f} MiB")
+    ok &= last["flash_fwd_peak"] < last["scores_bytes"] / 4 and last["flash_train_peak"] < last["scores_bytes"]
+    ok &= last["naive_fwd_peak"] >= last["scores_bytes"]
+    return {"ok": ok, "rows": rows}
+
+
+def _plot_flash_memory(rows: list[dict[str, float]], path: Path) -> Path:
+    from labkit.plots import plt, savefig
+
+    mib = 2.0 ** 20
+    Ts = [r["T"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for key, style, label in (("naive_fwd_peak", "o-", "naive (attention_bmm), forward"),
+                              ("naive_train_peak", "o--", "naive, forward + backward"),
+                              ("flash_fwd_peak", "s-", "flash_attention, forward"),
+                              ("flash_train_peak", "s--", "flash_attention, forward + backward"),
+                              ("scores_bytes", ":", "one T x T score matrix")):
+        ax.plot(Ts, [r[key] / mib for r in rows], style, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("sequence length T (tokens)")
+    ax.set_ylabel("peak MiB of tensors allocated")
+    ax.set_title("Causal attention, float32, B=1, H=2, d=32, 64 x 64 tiles (CPU)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return savefig(fig, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="more steps and bigger agreement checks")
@@ -525,7 +978,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['maxw_scaled']:>14.3f}")
         ok &= abs(r["std_scaled"] - 1) < 0.05
 
-    # 3) learned attention on the toy task
+    # 3) online softmax and the tiled FlashAttention forward/backward
+    flash = flash_section(args.full, args.seed)
+    ok &= flash["ok"]
+    print("wrote", _plot_flash_memory(flash["rows"], FIGURES / "flash_memory.png").relative_to(HERE))
+
+    # 4) learned attention on the toy task
     cfg = FindTokenConfig()
     steps = 1000 if args.full else 300
     model, met = train_find_token(cfg, steps=steps, seed=args.seed, progress=True)
@@ -536,7 +994,7 @@ def main(argv: list[str] | None = None) -> int:
     ok &= met["accuracy"] > 0.9 and met["target_weight"] > 0.5 and met["pad_weight"] == 0.0
     print("wrote", _plot_find_token(model, cfg, FIGURES / "find_token_attention.png").relative_to(HERE))
 
-    # 4) bonus: real text
+    # 5) bonus: real text
     sh_steps = 1500 if args.full else 300
     res = shakespeare_attention(sh_steps, seed=args.seed, progress=True)
     print(f"\n== Tiny Shakespeare, 1 causal attention layer, {sh_steps} steps "
