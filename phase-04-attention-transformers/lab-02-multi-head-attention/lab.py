@@ -51,6 +51,10 @@ def _check_x(x: torch.Tensor, d_model: int) -> None:
         raise TypeError(f"x must be a floating-point tensor of shape (B, T, d_model), got {x!r:.80}")
     if x.dim() != 3 or x.shape[-1] != d_model:
         raise ValueError(f"x must have shape (B, T, d_model={d_model}), got {tuple(x.shape)}")
+    if x.shape[1] == 0:
+        raise ValueError(f"x is empty (T = 0): shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or inf: every query that attends to that token would turn NaN")
 
 
 def _check_heads(d_model: int, n_head: int, n_kv_head: int | None = None) -> None:
@@ -430,10 +434,12 @@ def main(argv: list[str] | None = None) -> int:
     title = (f"MHA forward, d_model={d_b}, n_head={h_b}, B={b_b}, causal, float32, CPU "
              f"({args.threads} thread(s))")
     print(f"\n== fastest-of-{reps} forward ms ({title})")
-    print(f"{'T':>6}{'naive':>10}{'fused':>10}{'nn.MHA':>10}{'fused+SDPA':>12}{'max err':>10}")
+    print("(ratios are of times measured in this one run; on a shared CPU they move from run to run)")
+    print(f"{'T':>6}{'naive':>10}{'fused':>10}{'nn.MHA':>10}{'fused+SDPA':>12}{'max err':>10}"
+          f"{'naive/fused':>13}{'nn.MHA/SDPA':>13}")
     for r in rows:
         print(f"{r['T']:>6}{r['naive']:>10.3f}{r['fused']:>10.3f}{r['nn.MHA']:>10.3f}{r['fused+SDPA']:>12.3f}"
-              f"{r['max_err']:>10.1e}")
+              f"{r['max_err']:>10.1e}{r['naive'] / r['fused']:>13.2f}{r['nn.MHA'] / r['fused+SDPA']:>13.2f}")
         ok &= r["max_err"] < 1e-4
     print("wrote", _plot_benchmark(rows, title, FIGURES / "mha_benchmark.png").relative_to(HERE))
 

@@ -221,3 +221,36 @@ def test_bad_shapes_raise(lab, setup):
         lab.GroupedQueryAttention(32, 4, 3)
     with pytest.raises(ValueError, match="n_head"):
         lab.NaiveMultiHeadAttention(32, 8).load_from_fused(lab.MultiHeadAttention(32, 4))
+
+
+@pytest.mark.given
+def test_nonfinite_or_empty_input_raises(lab):
+    layer = lab.MultiHeadAttention(D_MODEL, N_HEAD)
+    x = torch.randn(2, 5, D_MODEL)
+    for bad in (float("nan"), float("inf")):
+        y = x.clone()
+        y[1, 3, 0] = bad
+        for m in (layer, lab.GroupedQueryAttention(D_MODEL, N_HEAD, 2), lab.NaiveMultiHeadAttention(D_MODEL, N_HEAD)):
+            with pytest.raises(ValueError, match="NaN or inf"):
+                m(y)
+    with pytest.raises(ValueError, match="empty"):
+        layer(x[:, :0])
+
+
+@pytest.mark.parametrize("kind", ["naive", "fused", "sdpa", "gqa"])
+def test_fully_padded_sequence_gives_bias_not_nan(lab, setup, kind):
+    # a sequence that is all padding: every query sees no key. Lab 4.1's rule: attention output 0,
+    # so the layer returns the output projection's bias at every position (and never NaN)
+    ref, x, _ = setup
+    fused = lab.MultiHeadAttention.from_torch(ref, backend="sdpa" if kind == "sdpa" else "manual")
+    layer = {"naive": lambda: lab.NaiveMultiHeadAttention(D_MODEL, N_HEAD).load_from_fused(fused),
+             "fused": lambda: fused, "sdpa": lambda: fused,
+             "gqa": lambda: lab.GroupedQueryAttention.from_mha(fused, n_kv_head=2)}[kind]()
+    pad = torch.ones(B, T, dtype=torch.bool)
+    pad[1] = False
+    with torch.no_grad():
+        out, _ = layer(x, padding_mask=pad, is_causal=True)
+    assert torch.isfinite(out).all(), f"{kind}: a fully padded sequence produced NaN; it must give zeros from attention"
+    assert torch.allclose(out[1], ref.out_proj.bias.expand(T, D_MODEL), atol=1e-6), (
+        f"{kind}: with every key masked, attention contributes 0 and the layer's output is just the output "
+        "projection's bias")

@@ -43,6 +43,12 @@ def _check_positive_int(name: str, value: int) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+def _check_base(name: str, value: float) -> None:
+    """A frequency base must be a finite number > 1 (NaN would silently give a NaN table)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 1:
+        raise ValueError(f"{name} must be a finite number > 1, got {value!r}")
+
+
 # ----------------------------------------------------------------------------- sinusoidal
 def sinusoidal_encoding(n_pos: int, d_model: int, base: float = 10000.0) -> torch.Tensor:
     """The fixed sinusoidal table of Vaswani et al. (2017), section 3.5.
@@ -60,14 +66,13 @@ def sinusoidal_encoding(n_pos: int, d_model: int, base: float = 10000.0) -> torc
         float32 tensor of shape (n_pos, d_model), values in [-1, 1].
 
     Raises:
-        ValueError: non-positive sizes, odd d_model, or base <= 1.
+        ValueError: non-positive sizes, odd d_model, or a base that is not a finite number > 1.
     """
     _check_positive_int("n_pos", n_pos)
     _check_positive_int("d_model", d_model)
     if d_model % 2:
         raise ValueError(f"d_model must be even for sin/cos pairs, got {d_model}")
-    if base <= 1:
-        raise ValueError(f"base must be > 1, got {base}")
+    _check_base("base", base)
     # BEGIN SOLUTION build angles pos * base**(-2i/d) with an outer product; sin into even columns, cos into odd (easy, ~10 min)
     pos = torch.arange(n_pos, dtype=torch.float64)[:, None]                    # (n_pos, 1)
     inv_freq = base ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)  # (d/2,)
@@ -100,16 +105,16 @@ def rope_cache(seq_len: int, d_head: int, theta: float = 10000.0, *, start: int 
         ``(cos, sin)``, each float32 of shape (seq_len, d_head).
 
     Raises:
-        ValueError: non-positive sizes, odd d_head, negative start or theta <= 1.
+        ValueError: non-positive sizes, odd d_head, a start that is not an int >= 0, or a theta
+            that is not a finite number > 1.
     """
     _check_positive_int("seq_len", seq_len)
     _check_positive_int("d_head", d_head)
     if d_head % 2:
         raise ValueError(f"RoPE rotates pairs of dimensions, so d_head must be even, got {d_head}")
-    if start < 0:
-        raise ValueError(f"start must be >= 0, got {start}")
-    if theta <= 1:
-        raise ValueError(f"theta must be > 1, got {theta}")
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f"start (the first position id) must be an int >= 0, got {start!r}")
+    _check_base("theta", theta)
     # BEGIN SOLUTION inv_freq = 1/theta**(arange(0,d,2)/d); angles = outer(positions, inv_freq); repeat the angles twice along the last dim (medium, ~15 min)
     # float32 on purpose: this is exactly how HF computes it, so logits agree to ~1e-6.
     inv_freq = 1.0 / (theta ** (torch.arange(0, d_head, 2, dtype=torch.int64, device=device).float() / d_head))
@@ -135,8 +140,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
         Tensor shaped and typed like ``x``.
 
     Raises:
+        TypeError: ``x`` is not a floating-point tensor (integer inputs would be truncated).
         ValueError: if ``cos``/``sin`` do not have shape (T, d_head) for this ``x``.
     """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"x must be a floating-point tensor (queries or keys), got {got}")
     if x.dim() < 2:
         raise ValueError(f"x must be (..., T, d_head), got shape {tuple(x.shape)}")
     if cos.shape != x.shape[-2:] or sin.shape != x.shape[-2:]:
@@ -233,12 +242,20 @@ def evaluate_at_lengths(model: torch.nn.Module, data: torch.Tensor, lengths: lis
         ``{L: mean loss}`` in the order of ``lengths``.
 
     Raises:
-        ValueError: empty ``lengths``, a length < 1, a bad ``skip``, or ``data`` too short.
+        TypeError: ``data`` is not an integer tensor.
+        ValueError: empty ``lengths``, a length < 1, a bad ``skip``, ``data`` too short, or a token
+            id outside [0, model.config.vocab_size).
     """
     if not lengths:
         raise ValueError("lengths is empty")
+    if not isinstance(data, torch.Tensor) or data.is_floating_point() or data.dtype == torch.bool:
+        raise TypeError(f"data must be an integer tensor of token ids, got {data!r:.80}")
     if data.dim() != 1:
         raise ValueError(f"data must be a 1-D token tensor, got shape {tuple(data.shape)}")
+    vocab_size = model.config.vocab_size
+    if data.numel() and (data.min() < 0 or data.max() >= vocab_size):
+        raise ValueError(f"token ids must be in [0, vocab_size={vocab_size}), got min {data.min().item()}, "
+                         f"max {data.max().item()}")
     for length in lengths:
         _check_positive_int("length", length)
         if data.numel() < length + 1:

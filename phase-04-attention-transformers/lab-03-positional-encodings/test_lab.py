@@ -188,3 +188,39 @@ def test_alibi_extrapolates_better_than_sinusoidal(lab):
     sin_gap = res["sinusoidal"][4 * L] - res["sinusoidal"][L]
     assert alibi_gap < 0.15, f"ALiBi degraded by {alibi_gap:.3f} nats from L to 4L"
     assert alibi_gap < sin_gap, f"ALiBi gap {alibi_gap:.3f} should be below sinusoidal's {sin_gap:.3f}"
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.given
+def test_bad_positions_and_bases_raise(lab):
+    for bad in (-1, 2.0, True):
+        with pytest.raises(ValueError, match="start"):
+            lab.rope_cache(4, 8, start=bad)
+    for bad in (float("nan"), float("inf"), 1.0):
+        with pytest.raises(ValueError, match="theta"):
+            lab.rope_cache(4, 8, theta=bad)
+        with pytest.raises(ValueError, match="base"):
+            lab.sinusoidal_encoding(4, 8, base=bad)
+    for n in (0, -3):
+        with pytest.raises(ValueError, match="n_pos"):
+            lab.sinusoidal_encoding(n, 8)
+        with pytest.raises(ValueError, match="seq_len"):
+            lab.alibi_bias(2, n)
+    cos, sin = torch.ones(3, 4), torch.zeros(3, 4)
+    with pytest.raises(TypeError, match="floating"):
+        lab.apply_rope(torch.ones(3, 4, dtype=torch.long), cos, sin)
+    with pytest.raises(ValueError, match="cos/sin"):
+        lab.apply_rope(torch.ones(5, 4), cos, sin)
+
+
+@pytest.mark.given
+def test_evaluate_at_lengths_rejects_bad_token_ids(lab):
+    model = _tiny_gpt("rope")
+    data = torch.randint(0, 50, (100,), generator=torch.Generator().manual_seed(0))
+    for bad in (50, -1):
+        d = data.clone()
+        d[7] = bad
+        with pytest.raises(ValueError, match="vocab_size"):
+            lab.evaluate_at_lengths(model, d, [16])
+    with pytest.raises(TypeError, match="integer"):
+        lab.evaluate_at_lengths(model, data.float(), [16])
