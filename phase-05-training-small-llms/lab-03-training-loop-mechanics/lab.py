@@ -1031,7 +1031,7 @@ def _peak_rss_probe() -> tuple[Callable[[], None], Callable[[], int]]:
         return reset_ru, lambda: (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start["max"]) * scale
 
 
-MEMORY_MODEL = dict(vocab_size=256, block_size=128, n_layer=6, n_head=4, d_model=128, dropout=0.1)
+MEMORY_MODEL = dict(vocab_size=256, block_size=128, n_layer=4, n_head=4, d_model=128, dropout=0.1)
 MEMORY_BATCH = 4
 
 
@@ -1266,7 +1266,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=16, help=argparse.SUPPRESS)
     ap.add_argument("--n-bytes", type=int, default=200_000, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--train-steps", type=int, default=120, help="steps of the demo training run (loss curve)")
+    ap.add_argument("--train-steps", type=int, default=100, help="steps of the demo training run (loss curve)")
     args = ap.parse_args(argv)
     if args.worker == "resume":
         return _resume_worker(args)

@@ -159,8 +159,9 @@ def test_clip_grad_norm_matches_torch(lab, max_norm):
 
 
 @pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
-def test_train_step_reports_pre_clip_norm_and_clips(lab, tokens):
-    tr = lab.build_demo_trainer(tokens, seed=0, max_steps=10)
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_train_step_reports_pre_clip_norm_and_clips(lab, tokens, precision):
+    tr = lab.build_demo_trainer(tokens, seed=0, max_steps=10, precision=precision)
     tr.config.grad_clip = 1e-3
     seen = {}
     real_step = tr.optimizer.step
@@ -172,10 +173,13 @@ def test_train_step_reports_pre_clip_norm_and_clips(lab, tokens):
     tr.optimizer.step = spy_step
     stats = tr.train_step()
     assert "norm" in seen, "train_step never called optimizer.step (through scaler.step)"
-    assert stats["grad_norm"] > 1e-2, "stats['grad_norm'] should be the norm BEFORE clipping (what you log)"
+    assert 1e-2 < stats["grad_norm"] < 1e3, (
+        f"stats['grad_norm'] = {stats['grad_norm']:.3e}: report the norm BEFORE clipping, of the UNSCALED "
+        "gradient (with fp16, call scaler.unscale_(optimizer) first, or you log the loss scale times the norm)")
     assert seen["norm"].item() == pytest.approx(1e-3, rel=1e-3), (
         f"the optimizer saw a gradient of norm {seen['norm'].item():.3e}, expected grad_clip = 1e-3: "
-        "clip after unscale_ and before optimizer.step")
+        "clip after scaler.unscale_ and before the optimizer step (clipping scaled fp16 gradients clips "
+        "65536 times too hard)")
 
 
 def test_learning_rate_follows_lab02_get_lr(lab, tokens):
