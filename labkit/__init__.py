@@ -3,7 +3,8 @@
 Only what more than one lab needs lives here: loading a lab module by path
 (:mod:`labkit.loader`), the dataset registry (:mod:`labkit.data`), seeding
 (:mod:`labkit.seed`), timing (:mod:`labkit.timing`), PNG plots (:mod:`labkit.plots`) and
-offline tiktoken (:mod:`labkit.tiktoken_offline`). Everything a lab *teaches* lives in that
+offline tiktoken (:mod:`labkit.tiktoken_offline`), and the path of the curriculum's own
+trained model (:func:`labkit.curriculum.curriculum_model_path`, imported on first use). Everything a lab *teaches* lives in that
 lab's own folder. Importing ``labkit`` pulls in the standard library only; the plotting
 and tiktoken helpers import their libraries when first used.
 """
@@ -21,5 +22,15 @@ __all__ = [
     "load_lab",
     "read_text",
     "resolve_lab",
+    "curriculum_model_path",
     "seed_everything",
 ]
+
+
+def __getattr__(name: str):
+    # lazy: ``from labkit import curriculum_model_path`` imports labkit.curriculum only when asked
+    if name == "curriculum_model_path":
+        from labkit.curriculum import curriculum_model_path
+
+        return curriculum_model_path
+    raise AttributeError(f"module 'labkit' has no attribute {name!r}")
