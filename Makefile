@@ -22,7 +22,7 @@ LAB_DIR = $(shell $(PYTHON) -m labkit resolve "$(LAB)")
 phase_dir = $(wildcard phase-$(shell printf %02d $(1))-*)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test selftest check run diff progress figures bench labs labs-check lint doctor clean need-lab \
+.PHONY: help setup test selftest check run diff progress figures bench labs labs-check lint doctor clean need-lab model \
         $(foreach n,1 2 3 4 5 6 7 8 9 10 11,test-phase-$(n) selftest-phase-$(n))
 
 help: ## list the targets
@@ -76,6 +76,9 @@ labs-check: $(STAMP) ## fail when a committed lab.py or requirements.txt is out 
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check .
+
+model: $(STAMP) ## build the curriculum's own small model and its draft once (cached in .cache/models, ~5 min)
+	$(PY) -m labkit.curriculum main draft
 
 doctor: $(STAMP) ## environment check: Python, pinned packages, data, GPU
 	$(PY) -m labkit.runner doctor
