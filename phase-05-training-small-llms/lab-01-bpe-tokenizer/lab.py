@@ -950,7 +950,9 @@ def main(argv: list[str] | None = None) -> int:
     hf_gpt2 = gpt2.to_hf_tokenizer()._tokenizer  # the Rust tokenizers.Tokenizer inside
     lines = wiki.splitlines(keepends=True)  # HF is slow on one 1 MB string; it is used per line/document
     hft = best_cpu(lambda: hf_gpt2.encode_batch(lines, add_special_tokens=False))
-    print(f"\nEncode throughput, GPT-2 vocabulary, WikiText-2 valid ({nbytes / 1e6:.2f} MB), best CPU time, one thread:")
+    pieces = gpt2._regex.findall(wiki)
+    print(f"\nEncode throughput, GPT-2 vocabulary, WikiText-2 valid ({nbytes / 1e6:.2f} MB, {len(pieces):,} pre-tokens, "
+          f"{len(set(pieces)):,} distinct), best CPU time, one thread:")
     print("| encoder | MB/s | vs tiktoken |")
     print("|---|---|---|")
     for label, t in (("ours, empty piece cache (cold)", cold), ("ours, warm piece cache", warm),
@@ -978,9 +980,7 @@ def main(argv: list[str] | None = None) -> int:
 
     n_special = len(ts_tok.special_tokens)
     sizes = sorted({min(v, ts_tok.vocab_size) for v in (256 + n_special, 512, 1024, 2048, 4096, 8192)})
-    sample = valid if args.full else valid[:200_000]
-    sbytes = len(sample.encode())
-    curve = [(v, sbytes / len(truncated(ts_tok, v - 256 - n_special).encode_ordinary(sample))) for v in sizes]
+    curve = [(v, vbytes / len(truncated(ts_tok, v - 256 - n_special).encode_ordinary(valid))) for v in sizes]
     print("bytes/token vs vocab size (first merges of the same run): "
           + ", ".join(f"{v}: {bpt:.2f}" for v, bpt in curve))
     if any(b2 <= b1 for (_, b1), (_, b2) in zip(curve, curve[1:])):
