@@ -253,6 +253,7 @@ def test_optimizer_step_sets_lr_zeroes_clips_and_steps(lab):
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters())), "call optimizer.step()"
 
 
+@pytest.mark.given
 def test_configure_optimizers_decays_only_matrices(lab):
     model = tiny_model(lab, 53)
     opt = lab.make_optimizer(model, weight_decay=0.1, learning_rate=1e-3)
@@ -309,7 +310,6 @@ def test_training_is_deterministic(lab, char_data):
         "same seed must give the same losses: draw batches only from the seeded generator"
 
 
-@pytest.mark.given
 def test_generate_text_is_seeded_and_stops(lab, trained):
     model, hist, out, tok = trained
     a = lab.generate_text(model, tok, "Once", max_new_tokens=40, temperature=0.8, top_p=0.9, seed=1)
@@ -327,7 +327,6 @@ def test_train_config_validation(lab):
         lab.TrainConfig(max_steps=10, warmup_steps=20)
 
 
-@pytest.mark.given
 def test_bf16_autocast_runs_on_cpu(lab):
     model = tiny_model(lab, 53)
     x = torch.randint(0, 53, (2, 16))
