@@ -9,6 +9,11 @@ We write the same function three times:
 * ``attention_bmm``    - batched matrix multiplies (``torch.bmm``), the way real code does it;
 * ``attention_einsum`` - one ``torch.einsum`` per matmul, the notation papers use.
 
+Then a fourth time, the way FlashAttention does it: ``online_softmax`` (a softmax read in blocks
+with a running max and normaliser), ``flash_attention_forward`` / ``flash_attention_backward`` (tiles
+of queries and keys, never the whole score matrix; the backward recomputes each tile from the saved
+log-sum-exp), and ``PeakMemory``, which counts the bytes of tensors each version allocates.
+
 All three share one mask convention, the same one ``torch.nn.functional.scaled_dot_product_attention``
 uses for boolean masks: ``attn_mask[..., i, j] == True`` means "query i MAY attend to key j".
 
@@ -16,7 +21,10 @@ A query row whose keys are ALL masked (a padding query attending over padding on
 empty sequence) has no sensible softmax: exp(-inf) / sum(exp(-inf)) = 0 / 0 = NaN. Our choice,
 documented once here and tested: such a row gets all-zero weights and therefore an all-zero
 output (and zero gradient), never NaN. In torch 2.13 ``F.scaled_dot_product_attention``
-returns zeros for such rows too, so the comparison holds on every row.
+returns zeros for such rows too, so the comparison holds on every row. Other bad input is an
+error, never a silent NaN: NaN or inf in q, k or v, NaN or +inf scores in ``masked_softmax``
+(a -inf score counts as masked), empty sequences, masks that do not broadcast, token ids outside
+the vocabulary.
 
 The self-test also trains two tiny attention models on CPU and draws their attention maps:
 a toy "find the token" classifier and a one-layer causal character model on Tiny Shakespeare.

@@ -202,6 +202,7 @@ def test_mqa_heads_share_one_key(lab, setup):
 
 # ----------------------------------------------------------------------------- bad input
 
+@pytest.mark.given
 def test_bad_shapes_raise(lab, setup):
     ref, x, pad = setup
     fused = lab.MultiHeadAttention.from_torch(ref)

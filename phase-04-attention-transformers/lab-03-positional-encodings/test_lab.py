@@ -42,6 +42,7 @@ def test_sinusoidal_matches_hf_distilbert(lab):
         "differs from HF DistilBERT's sinusoidal table (same Vaswani formula, sin on even, cos on odd columns)"
 
 
+@pytest.mark.given
 def test_sinusoidal_rejects_odd_width(lab):
     with pytest.raises(ValueError, match="even"):
         lab.sinusoidal_encoding(8, 7)
