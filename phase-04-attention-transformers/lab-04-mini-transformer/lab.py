@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -923,6 +924,69 @@ def hf_equality_report(seed: int = 0) -> dict[str, float]:
     return out
 
 
+class _DemoCache:
+    """The smallest object that speaks the KV-cache protocol (for the self-test only: Phase 9
+    builds the real cache, preallocated and with its own tests)."""
+
+    def __init__(self) -> None:
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer_idx == len(self.layers):
+            self.layers.append((key, value))
+        else:
+            k, v = self.layers[layer_idx]
+            self.layers[layer_idx] = (torch.cat([k, key], dim=-2), torch.cat([v, value], dim=-2))
+        return self.layers[layer_idx]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.layers[layer_idx][0].shape[-2] if len(self.layers) > layer_idx else 0
+
+
+@torch.no_grad()
+def incremental_report(model: MiniGPT, data: torch.Tensor, prefill: int = 16, seed: int = 0) -> dict[str, float]:
+    """Max |logit diff| against one full forward of the same windows: decoding with a KV cache
+    (prefill, then one token at a time), and a left-padded batch (rows of lengths T, T/2, T/4)."""
+    model.eval()
+    T = model.config.block_size
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(len(data) - T, (3,), generator=g).tolist()
+    idx = torch.stack([data[i: i + T] for i in starts])
+    full, _ = model(idx)
+    cache = _DemoCache()
+    steps = [model(idx[:, :prefill], past_key_values=cache)[0]]
+    steps += [model(idx[:, t: t + 1], past_key_values=cache)[0] for t in range(prefill, T)]
+    out = {"KV cache, 1 token at a time": (torch.cat(steps, dim=1) - full).abs().max().item()}
+    lengths = [T, T // 2, T // 4]
+    padded = torch.zeros(3, T, dtype=torch.long)
+    mask = torch.zeros(3, T, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        padded[b, T - n:] = idx[b, :n]
+        mask[b, T - n:] = 1
+    logits, _ = model(padded, attention_mask=mask)
+    out["left-padded batch vs unpadded rows"] = max(
+        (logits[b, T - n:] - model(idx[b: b + 1, :n])[0][0]).abs().max().item() for b, n in enumerate(lengths))
+    return out
+
+
+@torch.no_grad()
+def export_report(model: MiniGPT, data: torch.Tensor, workdir: Path, seed: int = 0) -> dict[str, float]:
+    """Max |logit diff| between the model and its HF export, before and after save_pretrained."""
+    from transformers import AutoModelForCausalLM
+
+    model.eval()
+    hf = to_hf_gpt2(model) if model.config.pos_emb == "learned" else to_hf_llama(model)
+    T = model.config.block_size
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.stack([data[i: i + T] for i in torch.randint(len(data) - T, (2,), generator=g).tolist()])
+    ours, _ = model(idx)
+    out = {f"{type(hf).__name__} (to_hf_*)": (hf(idx).logits - ours).abs().max().item()}
+    hf.save_pretrained(workdir)
+    loaded = AutoModelForCausalLM.from_pretrained(workdir).eval()
+    out["after save_pretrained / from_pretrained"] = (loaded(idx).logits - ours).abs().max().item()
+    return out
+
+
 def sanity_checks(seed: int = 0) -> dict[str, tuple[float, float]]:
     """Init loss vs ln(V) and single-batch overfit, for both presets: ``{name: (init, after 200 steps)}``."""
     from labkit import seed_everything
@@ -1000,7 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
              else dict(n_layer=2, n_head=4, d_model=64, block_size=64))
     print(f"\nTiny Shakespeare, char level (vocab {len(itos)}, {len(train_data):,} train / {len(val_data):,} val chars), "
           f"{steps} steps, batch 32, block {sizes['block_size']}:")
-    histories, models = {}, {}
+    histories, models, train_speed = {}, {}, {}
     for name, preset, extra in (("gpt2_style", GPTConfig.gpt2_style, {}),
                                 ("llama_style", GPTConfig.llama_style, {"n_kv_head": 2})):
         seed_everything(args.seed)
@@ -1011,11 +1075,43 @@ def main(argv: list[str] | None = None) -> int:
                      progress=sys.stderr.isatty())
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         histories[name], models[name] = hist, model
+        train_speed[name] = steps * 32 * sizes["block_size"] / dt
         val = hist["val"]
         print(f"  {name:<12} params {count_params(cfg):>9,}  val loss {val[0][1]:.3f} -> {val[-1][1]:.3f}  "
               f"({' '.join(f'{v:.2f}' for _, v in val)})  {dt:.1f} s wall, {dc:.1f} s CPU")
         if not val[-1][1] < val[0][1] - 1.0:
             failures.append(f"{name} val loss did not fall by 1 nat")
+
+    t_extra = time.perf_counter()
+    print("\nThe trained models, decoded incrementally and exported (max abs logit diff vs one full forward):")
+    print("| preset | check | max abs diff |")
+    print("|---|---|---|")
+    for name, model in models.items():
+        checks = incremental_report(model, val_data, seed=args.seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            checks.update(export_report(model, val_data, Path(tmp), seed=args.seed))
+        for check, diff in checks.items():
+            print(f"| {name} | {check} | {diff:.2e} |")
+            if not diff < 1e-4:
+                failures.append(f"{name}: {check}")
+
+    print("\nTraining FLOPs per token, 6·N + 12·n_layer·d_model·T (N = weights of every matmul, head included):")
+    print("| model | T | N (matmul weights) | 6·N | attention term | total | attention share |")
+    print("|---|---|---|---|---|---|---|")
+    flop_rows = [("GPT-2 124M", known["GPT-2 124M"][0], 1024), ("Llama-3 8B", known["Llama-3 8B"][0], 8192)]
+    flop_rows += [(f"{name} (above)", model.config, model.config.block_size) for name, model in models.items()]
+    for name, cfg, T in flop_rows:
+        with torch.device("meta"):  # shapes only: no memory, no init cost
+            meta = MiniGPT(cfg)
+        n = sum(m.weight.numel() for m in meta.modules() if isinstance(m, nn.Linear))
+        total = meta.estimate_flops_per_token(T)
+        attn = 12 * cfg.n_layer * cfg.d_model * T
+        print(f"| {name} | {T} | {n:,} | {6 * n:.3e} | {attn:.3e} | {total:.3e} | {attn / total:.1%} |")
+    for name, model in models.items():
+        tok_s = train_speed[name]
+        print(f"  {name}: {tok_s:,.0f} tokens/s through train() on this CPU (one thread, periodic evals included) "
+              f"= {model.estimate_flops_per_token() * tok_s / 1e9:.2f} GFLOP/s of model FLOPs")
+    print(f"  (these decoding/export/FLOPs checks took {time.perf_counter() - t_extra:.1f} s wall of the self-test)")
 
     seed_everything(args.seed)
     prompt = torch.tensor([[itos.index(c) for c in "ROMEO:\n"]])
