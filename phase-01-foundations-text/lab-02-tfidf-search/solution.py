@@ -507,9 +507,14 @@ class BM25:
 
         Only documents containing at least one query term are hits (so the list can be
         shorter than ``k``); an empty or all-unknown query returns ``[]``."""
-        scores = self.get_scores(query)
-        cols, _ = self._query_columns(query)
-        return _hits(scores, np.unique(self.W_csc[:, cols].indices), k)
+        cols, weights = self._query_columns(query)
+        if cols.size == 0:
+            return _hits(np.zeros(self.n_docs), np.empty(0, dtype=np.int64), k)
+        sub = self.W_csc[:, cols]  # (n_docs, n_query_terms)
+        scores = np.asarray(sub @ weights).ravel()
+        has_term = np.zeros(self.n_docs, dtype=bool)
+        has_term[sub.indices] = True  # rows stored in the query's columns (a mask: no sort)
+        return _hits(scores, np.flatnonzero(has_term), k)
 
 
 # ----------------------------------------------------------------------------------------
