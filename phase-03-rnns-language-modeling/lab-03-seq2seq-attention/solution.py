@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import random
 import string
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,18 +114,16 @@ def _styles(d: dt.date) -> list[str]:
     ]
 
 
-def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """``n`` (source, target) pairs: a random date in a random style, and its ISO form YYYY-MM-DD.
+def iter_pairs(seed: int = 0) -> Iterator[tuple[str, str]]:
+    """An endless, seeded stream of (source, target) pairs: a random date in a random style, and
+    its ISO form YYYY-MM-DD.
 
-    Dates are uniform over 1950-01-01..2049-12-31; a third of the wordy styles are upper- or
-    lower-cased. Same ``seed`` -> same list.
+    Dates are uniform over 1950-01-01..2049-12-31; a third of the sources are upper- or
+    lower-cased. Same ``seed`` -> same stream.
     """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
     rng = random.Random(seed)
     span = (LAST_DATE - FIRST_DATE).days
-    pairs = []
-    for _ in range(n):
+    while True:
         d = FIRST_DATE + dt.timedelta(days=rng.randint(0, span))
         src = rng.choice(_styles(d))
         r = rng.random()
@@ -131,8 +131,40 @@ def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
             src = src.lower()
         elif r < 1 / 3:
             src = src.upper()
-        pairs.append((src, d.isoformat()))
-    return pairs
+        yield src, d.isoformat()
+
+
+def make_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """The first ``n`` pairs of :func:`iter_pairs` (``seed``). Raises ValueError if n < 1."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return list(itertools.islice(iter_pairs(seed), n))
+
+
+def make_split(n_train: int, n_test: int, seed: int = 0) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Training pairs (``make_pairs(n_train, seed)``) and ``n_test`` test pairs whose sources never
+    occur in training and are distinct from each other.
+
+    Test pairs come from the stream with seed ``seed + 10_000``; any source already seen (in
+    training or earlier in the test set) is skipped. Without this filter about 2.5% of 2,000 test
+    sources also appear verbatim among 20,000 training sources (the short numeric formats have
+    only one string per date), and the test would partly measure memorisation.
+
+    Raises:
+        ValueError: n_train or n_test < 1.
+    """
+    if n_test < 1:
+        raise ValueError(f"n_test must be >= 1, got {n_test}")
+    train = make_pairs(n_train, seed)
+    seen = {src for src, _ in train}
+    test: list[tuple[str, str]] = []
+    for src, tgt in iter_pairs(seed + 10_000):
+        if src not in seen:
+            seen.add(src)
+            test.append((src, tgt))
+            if len(test) == n_test:
+                break
+    return train, test
 
 
 PAD, SOS, EOS = 0, 1, 2
@@ -158,14 +190,41 @@ class Vocab:
         return [SOS] * add_sos + [self.stoi[c] for c in s] + [EOS] * add_eos
 
     def decode(self, ids: list[int]) -> str:
-        """Ids -> characters; stops at the first <eos>, skips <pad>/<sos>."""
+        """Ids -> characters; stops at the first <eos>, skips <pad>/<sos>.
+
+        Raises:
+            ValueError: an id outside [0, len(self)) before the first <eos>.
+        """
         out = []
         for i in ids:
+            i = int(i)
+            if not 0 <= i < len(self.itos):
+                raise ValueError(f"id {i} is outside the vocabulary [0, {len(self.itos)})")
             if i == EOS:
                 break
             if i > EOS:
                 out.append(self.itos[i])
         return "".join(out)
+
+
+def check_ids(ids: torch.Tensor, vocab_size: int, name: str) -> None:
+    """Raise ValueError unless ``ids`` is an integer tensor with every id in [0, vocab_size).
+
+    ``nn.Embedding`` would otherwise stop with "index out of range in self" deep inside torch.
+    """
+    if ids.dtype not in (torch.long, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise ValueError(f"{name} must be an integer tensor, got {ids.dtype}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        raise ValueError(f"{name} holds token id {bad}, outside [0, {vocab_size})")
+
+
+def check_lengths(src: torch.Tensor, src_len: torch.Tensor) -> None:
+    """Raise ValueError unless src is (B, S) and src_len (B,) with every length in [1, S]."""
+    if src.dim() != 2 or src_len.shape != (src.shape[0],):
+        raise ValueError(f"src must be (B, S) and src_len (B,), got {tuple(src.shape)} and {tuple(src_len.shape)}")
+    if src_len.numel() and (int(src_len.min()) < 1 or int(src_len.max()) > src.shape[1]):
+        raise ValueError(f"src_len must lie in [1, S={src.shape[1]}], got {src_len.tolist()}")
 
 
 SRC_VOCAB, TGT_VOCAB = Vocab(SRC_CHARS), Vocab(TGT_CHARS)
@@ -218,7 +277,11 @@ class Encoder(nn.Module):
         Returns:
             (annotations, summary): float (B, S, 2H) with zeros at padded positions, and
             float (B, 2H) = [final forward state; final backward state].
+        Raises:
+            ValueError: an id outside the source vocabulary, or a length outside [1, S].
         """
+        check_ids(src, self.embed.num_embeddings, "src")
+        check_lengths(src, src_len)
         # BEGIN SOLUTION embed; pack_padded_sequence(..., src_len.cpu(), batch_first=True, enforce_sorted=False); run the GRU; pad_packed_sequence back to length S; summary = cat(h_n[0], h_n[1]) (medium, ~15 min)
         emb = self.embed(src)
         packed = pack_padded_sequence(emb, src_len.cpu(), batch_first=True, enforce_sorted=False)
@@ -284,6 +347,7 @@ class Seq2Seq(nn.Module):
         super().__init__()
         H = hidden_size
         self.attention = attention
+        self.src_vocab_size, self.tgt_vocab_size = src_vocab, tgt_vocab
         self.encoder = Encoder(src_vocab, n_embd, H)
         self.init_dec = nn.Linear(2 * H, H)                # encoder summary -> s_0
         self.attn = AdditiveAttention(H, 2 * H, H) if attention else None
@@ -292,7 +356,10 @@ class Seq2Seq(nn.Module):
         self.out = nn.Linear(H + 2 * H + n_embd, tgt_vocab)
 
     def encode(self, src: torch.Tensor, src_len: torch.Tensor):
-        """Run the encoder. Returns (annotations (B,S,2H), mask (B,S) bool, summary (B,2H), s_0 (B,H))."""
+        """Run the encoder. Returns (annotations (B,S,2H), mask (B,S) bool, summary (B,2H), s_0 (B,H)).
+
+        Raises ValueError for source ids outside [0, src_vocab) or lengths outside [1, S].
+        """
         annotations, summary = self.encoder(src, src_len)
         mask = torch.arange(src.shape[1], device=src.device)[None, :] < src_len[:, None]
         s0 = torch.tanh(self.init_dec(summary))
@@ -308,7 +375,10 @@ class Seq2Seq(nn.Module):
                 ``attn.W_k(annotations)`` (see :meth:`project_keys`).
         Returns:
             (logits (B, V_tgt), s_new (B, H), weights (B, S) or None without attention).
+        Raises:
+            ValueError: y_prev holds an id outside [0, V_tgt).
         """
+        check_ids(y_prev, self.tgt_vocab_size, "y_prev")
         # BEGIN SOLUTION context = attention(s, annotations, mask) if self.attention else the fixed summary; e = tgt_embed(y_prev); s_new = dec_cell(cat[e, context], s); logits = out(cat[s_new, context, e]) (medium, ~15 min)
         e = self.tgt_embed(y_prev)
         if self.attention:
@@ -331,7 +401,12 @@ class Seq2Seq(nn.Module):
             src (B, S), src_len (B,), tgt_in (B, T) = <sos> + target.
         Returns:
             (logits float (B, T, V_tgt), weights float (B, T, S) or None).
+        Raises:
+            ValueError: ids outside their vocabularies, lengths outside [1, S], or a batch-size mismatch.
         """
+        check_ids(tgt_in, self.tgt_vocab_size, "tgt_in")
+        if tgt_in.dim() != 2 or tgt_in.shape[0] != src.shape[0]:
+            raise ValueError(f"tgt_in must be (B, T) with B = {src.shape[0]}, got {tuple(tgt_in.shape)}")
         annotations, mask, summary, s = self.encode(src, src_len)
         proj_keys = self.project_keys(annotations)
         # BEGIN SOLUTION loop t over tgt_in's columns calling decode_step with the true previous token; stack logits (and weights when attending) along dim 1 (medium, ~10 min)
@@ -441,13 +516,15 @@ def predict(model: Seq2Seq, sources: list[str], batch_size: int = 500) -> list[s
     return preds
 
 
-BUCKETS = [(8, 11), (12, 20), (21, 35), (36, 80)]
+# Source-length buckets (inclusive). The longest source the generator can write is 83 characters
+# ("on Wednesday the twenty-seventh day of September in the year nineteen seventy-eight"); the
+# shortest is 8 ("20240314"). test_lab.py checks that every style of every date falls in a bucket.
+BUCKETS = [(8, 11), (12, 20), (21, 35), (36, 83)]
 
 
 def run_experiment(cfg: Seq2SeqConfig, progress: bool = True) -> dict:
     """Train both models on the same pairs and step budget; score both on the same test pairs."""
-    train_pairs = make_pairs(cfg.n_train, seed=cfg.seed)
-    test_pairs = make_pairs(cfg.n_test, seed=cfg.seed + 10_000)
+    train_pairs, test_pairs = make_split(cfg.n_train, cfg.n_test, seed=cfg.seed)
     sources, targets = [s for s, _ in test_pairs], [t for _, t in test_pairs]
     res = {"test_pairs": test_pairs}
     for attention in (False, True):
@@ -474,6 +551,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mode={'full' if args.full else 'small'}  train pairs={cfg.n_train:,}  test pairs={cfg.n_test:,}  "
           f"steps/model={cfg.steps}  batch={cfg.batch_size}  H={cfg.hidden_size}")
     print("examples:", "; ".join(f"{s!r} -> {t}" for s, t in make_pairs(4, seed=123)))
+    train_sources = {src for src, _ in make_pairs(cfg.n_train, cfg.seed)}
+    raw_test = make_pairs(cfg.n_test, cfg.seed + 10_000)
+    leaked = sum(src in train_sources for src, _ in raw_test)
+    print(f"undeduplicated draw: {leaked} of {cfg.n_test:,} test sources ({100 * leaked / cfg.n_test:.1f}%) occur "
+          "verbatim in training; make_split skips them, so the test set below has none")
     res = run_experiment(cfg)
 
     print("\n| source length (chars) | test examples | no attention: exact match (%) | Bahdanau attention: exact match (%) |")
@@ -486,6 +568,11 @@ def main(argv: list[str] | None = None) -> int:
         r = res[att]
         print(f"attention={att}: {r['params']:,} params, final train loss (mean of last 50 steps) "
               f"{sum(r['losses'][-50:]) / 50:.4f}, training time {r['seconds']:.1f} s")
+    print(f"training time ratio attention / no attention in this run: {res[True]['seconds'] / res[False]['seconds']:.2f} "
+          "(wall clock on a shared CPU: noisy)")
+    by = {att: res[att]["by_len"] for att in (False, True)}
+    print("gap (attention - no attention) per bucket: "
+          + ", ".join(f"{b[0]}-{b[1]}: {by[True][b][0] - by[False][b][0]:+.1f}" for b in BUCKETS))
     gap = res[True]["by_len"][BUCKETS[-1]][0] - res[False]["by_len"][BUCKETS[-1]][0]
     print(f"gap on the longest inputs ({BUCKETS[-1][0]}-{BUCKETS[-1][1]} chars): {gap:+.1f} points")
 
@@ -523,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     year_mass = float(W[:4, year_pos:year_pos + 4].sum(1).mean())
     print(f"mean attention mass on the source year while writing the year: {year_mass:.2f}")
     checks = {
+        "every test source falls in a length bucket": sum(n for _, n in by[True].values()) == cfg.n_test,
         "attention model is right on the heatmap example": out_text == "2024-03-14",
         "attention model >= 15 points better on the longest inputs": gap >= 15.0,
         "attention looks at the year while writing the year (mass > 0.5)": year_mass > 0.5,

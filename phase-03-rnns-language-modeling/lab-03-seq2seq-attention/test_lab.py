@@ -19,7 +19,6 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-
 def test_ordinal(lab):
     want = {1: "1st", 2: "2nd", 3: "3rd", 4: "4th", 11: "11th", 12: "12th", 13: "13th", 21: "21st",
             22: "22nd", 23: "23rd", 30: "30th", 31: "31st", 111: "111th", 101: "101st"}
@@ -42,6 +41,63 @@ def test_pairs_are_valid_and_seeded(lab):
         assert str(d.year) in src or lab.year_words(d.year) in src.lower(), f"the year of {tgt} must appear in {src!r}"
     assert len({len(s) for s, _ in pairs}) > 10, "inputs should span many lengths"
     assert "Thursday, the 14th of March 2024" in lab._styles(dt.date(2024, 3, 14))
+
+
+@pytest.mark.given
+def test_split_has_no_test_source_in_training(lab):
+    train, test = lab.make_split(5000, 800, seed=0)
+    assert len(train) == 5000 and len(test) == 800
+    train_sources = {s for s, _ in train}
+    leaked = [s for s, _ in test if s in train_sources]
+    assert not leaked, f"{len(leaked)} test sources also occur in training, e.g. {leaked[:3]}"
+    assert len({s for s, _ in test}) == len(test), "test sources should be distinct"
+    assert (train, test) == lab.make_split(5000, 800, seed=0), "same seed, same split"
+    # the raw draw does overlap, so the filter is doing something
+    raw = lab.make_pairs(800, seed=10_000)
+    assert any(s in train_sources for s, _ in raw), "expected some overlap in the unfiltered draw"
+    assert test[0] in raw, "the test stream is the seed + 10,000 stream with repeats skipped"
+
+
+@pytest.mark.given
+def test_buckets_cover_every_source_length(lab):
+    """The longest sources combine the longest weekday, month, ordinal and year words: check those
+    dates in every style (and a random sample of all dates) against the buckets."""
+    buckets = lab.BUCKETS
+    assert all(b[0] == a[1] + 1 for a, b in zip(buckets, buckets[1:])), "buckets must be contiguous"
+    lengths = []
+    for year in range(lab.FIRST_DATE.year, lab.LAST_DATE.year + 1):
+        for day in range(20, 31):
+            lengths += [len(s) for s in lab._styles(dt.date(year, 9, day))]
+    lengths += [len(s) for s, _ in lab.make_pairs(3000, seed=1)]
+    outside = sorted({n for n in lengths if not any(lo <= n <= hi for lo, hi in buckets)})
+    assert not outside, f"source lengths {outside} fall outside every bucket {buckets}"
+    assert max(lengths) == 83 and min(lengths) == 8
+
+
+@pytest.mark.given
+def test_models_reject_out_of_range_ids(lab):
+    seed_everything(0)
+    model = lab.Seq2Seq(len(lab.SRC_VOCAB), len(lab.TGT_VOCAB), 8, 16, attention=True)
+    src = torch.tensor([lab.SRC_VOCAB.encode("14 Mar 2024")])   # built by hand: no learner code involved
+    src_len = torch.tensor([src.shape[1]])
+    tgt_in = torch.tensor([[lab.SOS, 3]])
+    for bad_src in (len(lab.SRC_VOCAB), -1):
+        with pytest.raises(ValueError, match="id"):
+            model(src.clone().fill_(bad_src), src_len, tgt_in)
+        with pytest.raises(ValueError, match="id"):
+            lab.greedy_decode(model, src.clone().fill_(bad_src), src_len)
+        with pytest.raises(ValueError, match="id"):
+            model.encoder(src.clone().fill_(bad_src), src_len)
+    for bad_tgt in (len(lab.TGT_VOCAB), -1):
+        with pytest.raises(ValueError, match="id"):
+            model(src, src_len, torch.tensor([[lab.SOS, bad_tgt]]))
+        ann, mask, summary = torch.zeros(1, src.shape[1], 32), torch.ones(1, src.shape[1], dtype=torch.bool), None
+        with pytest.raises(ValueError, match="id"):
+            model.decode_step(torch.tensor([bad_tgt]), torch.zeros(1, 16), ann, mask, summary)
+    with pytest.raises(ValueError, match="src_len"):
+        model(src, torch.tensor([src.shape[1] + 1]), tgt_in)
+    with pytest.raises(ValueError, match="outside"):
+        lab.TGT_VOCAB.decode([3, len(lab.TGT_VOCAB)])
 
 
 def test_pad_batch(lab):
@@ -136,6 +192,34 @@ def test_no_attention_context_is_fixed(lab):
     l1, _, _ = model.decode_step(batch["tgt_in"][:, 0], s, ann, mask, summary)
     l2, _, _ = model.decode_step(batch["tgt_in"][:, 0], s, ann_noise, mask, summary)
     assert torch.allclose(l1, l2), "the no-attention decoder must not look at per-position annotations"
+
+
+def test_attention_query_is_the_previous_decoder_state(lab):
+    """The context must be re-read at every step with the decoder's state as the query."""
+    seed_everything(5)
+    model = lab.Seq2Seq(len(lab.SRC_VOCAB), len(lab.TGT_VOCAB), 8, 16, attention=True)
+    batch = lab.encode_pairs(lab.make_pairs(3, seed=5))
+    ann, mask, summary, s0 = model.encode(batch["src"], batch["src_len"])
+    y = batch["tgt_in"][:, 0]
+    other = 3 * torch.randn_like(s0)
+    _, _, w0 = model.decode_step(y, s0, ann, mask, summary)
+    l1, _, w1 = model.decode_step(y, other, ann, mask, summary)
+    assert not torch.allclose(w0, w1, atol=1e-4), (
+        "the attention weights stayed the same when the decoder state changed: the decoder should decide "
+        "where to look from where it is in the output, so the weights must depend on its state"
+    )
+    want_ctx, want_w = model.attn(other, ann, mask)
+    assert torch.allclose(w1, want_w, atol=1e-6), \
+        "decode_step's weights should be attn(query = the state passed in, s_(t-1); keys = the annotations)"
+    # the context that weighting produces must be what the decoder reads: check the logits
+    e = model.tgt_embed(y)
+    s_new = model.dec_cell(torch.cat([e, want_ctx], -1), other)
+    assert torch.allclose(l1, model.out(torch.cat([s_new, want_ctx, e], -1)), atol=1e-5), \
+        "the logits must use the context computed from that attention (fed to the GRU cell and to the output layer)"
+    # over a teacher-forced pass the weights move from step to step
+    _, weights = model(batch["src"], batch["src_len"], batch["tgt_in"])
+    assert (weights[:, 1:] - weights[:, :-1]).abs().max() > 1e-4, \
+        "the attention weights are identical at every output step; the query must change as decoding proceeds"
 
 
 def test_greedy_decode_feeds_back_predictions(lab):
