@@ -919,7 +919,7 @@ def main(argv: list[str] | None = None) -> int:
         x, t = torch.tensor([row]), torch.tensor([0])
         naive = -torch.log(torch.exp(x) / torch.exp(x).sum())[0, 0].item()
         ours_ce, ref_ce = cross_entropy(x, t).item(), F.cross_entropy(x, t).item()
-        print(f"  {str(row):<30}{naive:>20.6g}{ours_ce:>14.6g}{ref_ce:>17.6g}")
+        print(f"  {str(row):<30}{naive:>20.6g}{ours_ce + 0.0:>14.6g}{ref_ce + 0.0:>17.6g}")  # no "-0"
         if not math.isclose(ours_ce, ref_ce, rel_tol=1e-5, abs_tol=1e-5):
             failures.append(f"cross_entropy {ours_ce} != F.cross_entropy {ref_ce} on {row}")
     torch.manual_seed(args.seed)
