@@ -10,7 +10,8 @@ follows ``$LABKIT_CACHE_DIR``). The key is a sha256 over everything that determi
 * the sha256 of every data file it is trained on (from ``labkit/datasets.json``);
 * the versions of torch, transformers and tokenizers (they write the files).
 
-Change any of these and the next call builds a new folder; nothing stale is ever returned. A
+Change any of these and the next call builds a new folder; nothing stale is ever returned (old
+folders are left in place, since another checkout may still use them; ``make clean`` removes them). A
 missing folder is built by running ``curriculum_model.py`` in a subprocess (its progress goes to
 this process's stderr), into a temporary folder that is renamed into place only when complete,
 under an exclusive ``fcntl`` lock so two processes (pytest workers, two terminals) never build it
@@ -175,9 +176,6 @@ def curriculum_model_path(name: str = "main", *, build: bool | None = None, root
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        for old in models.glob(f"{name}-*"):  # older builds of this model are stale by construction
-            if old != final and old.is_dir() and not old.name.endswith(".tmp"):
-                shutil.rmtree(old, ignore_errors=True)
         print(f"[labkit] curriculum model {name!r} built in {time.perf_counter() - t0:.0f} s",
               file=sys.stderr, flush=True)
     return final
