@@ -740,35 +740,39 @@ def mean_logprob(model: Any, sequences: Sequence[torch.Tensor], prompt_len: int)
 
 
 # ============================================================================ the curriculum model (given)
-def load_model(name: str = "main", allow_random: bool = True) -> tuple[Any, Any, Any, str]:
+def load_model(name: str = "main", allow_random: bool = True, hf_path: str | Path | None = None
+               ) -> tuple[Any, Any, Any, str]:
     """``(minigpt, hf_model, tokenizer, description)`` for the curriculum model's HF export.
 
     The MiniGPT is built from the HF export with the Phase 4 lab's ``config_from_hf`` and
-    ``load_hf_llama_weights``. If ``labkit.curriculum`` does not exist yet and ``allow_random``,
-    a random tiny Llama stands in (tokenizer None) and the description says so.
+    ``load_hf_llama_weights``. If ``labkit.curriculum_model_path`` does not exist yet and ``allow_random``,
+    a random tiny Llama stands in (tokenizer None) and the description says so. ``hf_path``: any
+    local HF Llama folder (``save_pretrained`` output) instead of the curriculum model.
     """
     from transformers.utils import logging as hf_logging
 
+    import labkit
     from labkit import load_lab
 
     hf_logging.set_verbosity_error()
     gpt = load_lab("phase-04-attention-transformers/lab-04-mini-transformer")
-    try:
-        from labkit.curriculum import curriculum_model_path
-    except ImportError:
-        if not allow_random:
-            raise
-        curriculum_model_path = None
-    if curriculum_model_path is not None:
+    curriculum_model_path = getattr(labkit, "curriculum_model_path", None)
+    if curriculum_model_path is None:
+        try:
+            from labkit.curriculum import curriculum_model_path
+        except ImportError:
+            if not allow_random:
+                raise
+    if hf_path is not None or curriculum_model_path is not None:
         from transformers import AutoTokenizer, LlamaForCausalLM
 
-        folder = Path(curriculum_model_path(name)) / "hf"
+        folder = Path(hf_path) if hf_path is not None else Path(curriculum_model_path(name)) / "hf"
         hf = LlamaForCausalLM.from_pretrained(folder).eval()
         tok = AutoTokenizer.from_pretrained(folder)
-        desc = f"curriculum model '{name}' ({folder})"
+        desc = f"HF model at {folder}" if hf_path is not None else f"curriculum model '{name}'"
     else:
         hf, tok = random_tiny_llama(), None
-        desc = "RANDOM tiny Llama (labkit.curriculum not available yet)"
+        desc = "RANDOM tiny Llama (labkit.curriculum_model_path not available yet)"
     ours = gpt.load_hf_llama_weights(gpt.MiniGPT(gpt.config_from_hf(hf.config)), hf).eval()
     return ours, hf, tok, desc
 
@@ -785,17 +789,20 @@ def random_tiny_llama(seed: int = 0, vocab_size: int = 97) -> Any:
 
 
 def tinystories_prompts(tokenizer: Any, n: int, n_tokens: int, vocab_size: int, seed: int = 0) -> torch.Tensor:
-    """(n, n_tokens) int64 prompts: the first ``n_tokens`` tokens of ``n`` TinyStories validation
-    paragraphs (random ids when ``tokenizer`` is None)."""
+    """(n, n_tokens) int64 prompts: a document separator (the tokenizer's bos, else its eos: the
+    curriculum model saw ``<|endoftext|>`` before every training story) and then the first tokens of
+    ``n`` TinyStories validation paragraphs; random ids when ``tokenizer`` is None."""
     if tokenizer is None:
         g = torch.Generator().manual_seed(seed)
         return torch.randint(3, vocab_size, (n, n_tokens), generator=g)
     from labkit import read_text
 
     paragraphs = [p.strip() for p in read_text("tinystories", "valid_prefix_794k.txt").split("\n\n")]
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    head = [] if start is None else [start]
     rows = []
     for p in paragraphs:
-        ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        ids = head + tokenizer(p, add_special_tokens=False)["input_ids"]
         if len(ids) >= n_tokens + 10:
             rows.append(ids[:n_tokens])
         if len(rows) == n:
@@ -848,6 +855,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full", action="store_true", help="200 prompts, 100 new tokens")
     ap.add_argument("--prompts", type=int, default=None, help="number of prompts = samples per strategy (50)")
     ap.add_argument("--new-tokens", type=int, default=None, help="new tokens per sample (48)")
+    ap.add_argument("--hf-model", default=None, help="a local HF Llama folder instead of the curriculum model")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -859,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
     n_prompts = args.prompts or (200 if args.full else 50)
     new_tokens = args.new_tokens or (100 if args.full else 48)
     prompt_tokens = 8
-    model, hf, tok, desc = load_model()
+    model, hf, tok, desc = load_model(hf_path=args.hf_model)
     eos = hf.config.eos_token_id if isinstance(hf.config.eos_token_id, int) else None
     print(f"Model: {desc}; vocab {hf.config.vocab_size}, {sum(p.numel() for p in model.parameters()):,} params")
     prompts = tinystories_prompts(tok, n_prompts, prompt_tokens, hf.config.vocab_size, seed=args.seed)
