@@ -7,6 +7,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 PYTEST := $(PY) -m pytest
+# self-tests run this many at a time in `make test` / `make test-phase-N` (each is single-threaded)
+JOBS ?= 2
 
 # Offline data: use the course's shared/data mirror next to the repo when there is one.
 ifeq ($(LABKIT_DATA_MIRROR),)
@@ -40,12 +42,12 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP) ## create .venv and install every pinned requirement (torch first)
 
 test: $(STAMP) ## run every lab's self-test, then every grader against solution.py
-	$(PY) -m labkit.runner selftest
+	$(PY) -m labkit.runner selftest --jobs $(JOBS)
 	$(PYTEST) -m "not gpu"
 
 test-phase-%: $(STAMP) ## test-phase-N: self-tests and graders of phase N
 	@d="$(call phase_dir,$*)"; if [ -z "$$d" ]; then echo "phase $* is not built yet"; exit 0; fi; \
-	$(PY) -m labkit.runner selftest $$d && $(PYTEST) -m "not gpu" $$d
+	$(PY) -m labkit.runner selftest --jobs $(JOBS) $$d && $(PYTEST) -m "not gpu" $$d
 
 selftest: $(STAMP) ## run every solution.py self-test (LAB=… for one)
 	$(PY) -m labkit.runner selftest $(LAB)

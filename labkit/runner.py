@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from labkit.loader import REPO_ROOT, lab_dirs, resolve_lab
@@ -31,29 +32,50 @@ def _labs_under(paths: list[str]) -> list[Path]:
     return out
 
 
-def selftest(paths: list[str], timeout: int = 600, log_dir: Path | None = None) -> int:
-    """Run ``python solution.py`` in each lab folder; print a table and a closing count."""
+def _run_one(lab: Path, timeout: int, env: dict[str, str] | None) -> tuple[str, int | str, float]:
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "solution.py"], cwd=lab, timeout=timeout, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        out, rc = proc.stdout, proc.returncode
+    except subprocess.TimeoutExpired as e:
+        out, rc = (e.stdout or "") if isinstance(e.stdout, str) else "", f"timeout {timeout}s"
+    return out, rc, time.perf_counter() - start
+
+
+def selftest(paths: list[str], timeout: int = 600, log_dir: Path | None = None, jobs: int = 1) -> int:
+    """Run ``python solution.py`` in each lab folder; print a table and a closing count.
+
+    With ``jobs > 1`` that many self-tests run at once (each in its own process, with the BLAS/OpenMP
+    thread pools set to one thread unless the caller set them), and their outputs are printed in lab
+    order as they finish. Timings printed by a self-test are only meaningful with ``jobs=1``.
+
+    Raises:
+        ValueError: ``jobs`` < 1.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     labs = _labs_under(paths)
+    env = None
+    if jobs > 1:
+        env = dict(os.environ)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env.setdefault(var, "1")
     failed = 0
     rows = []
-    for lab in labs:
-        rel = lab.relative_to(REPO_ROOT)
-        print(f"\n=== self-test: {rel} ===", flush=True)
-        start = time.perf_counter()
-        try:
-            proc = subprocess.run([sys.executable, "solution.py"], cwd=lab, timeout=timeout,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            out, rc = proc.stdout, proc.returncode
-        except subprocess.TimeoutExpired as e:
-            out, rc = (e.stdout or "") if isinstance(e.stdout, str) else "", f"timeout {timeout}s"
-        elapsed = time.perf_counter() - start
-        print(out, end="" if out.endswith("\n") else "\n", flush=True)
-        if log_dir:
-            log_dir.mkdir(parents=True, exist_ok=True)
-            (log_dir / (str(rel).replace("/", "__") + ".txt")).write_text(out, encoding="utf-8")
-        ok = rc == 0
-        failed += not ok
-        rows.append((str(rel), "ok" if ok else f"FAILED ({rc})", elapsed))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(_run_one, lab, timeout, env) for lab in labs]
+        for lab, fut in zip(labs, futures):
+            rel = lab.relative_to(REPO_ROOT)
+            print(f"\n=== self-test: {rel} ===", flush=True)
+            out, rc, elapsed = fut.result()
+            print(out, end="" if out.endswith("\n") else "\n", flush=True)
+            if log_dir:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                (log_dir / (str(rel).replace("/", "__") + ".txt")).write_text(out, encoding="utf-8")
+            ok = rc == 0
+            failed += not ok
+            rows.append((str(rel), "ok" if ok else f"FAILED ({rc})", elapsed))
     print("\n=== self-test summary ===")
     for rel, status, secs in rows:
         print(f"  {rel:<60} {status:<12} {secs:7.1f} s")
@@ -168,11 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("paths", nargs="*")
     st.add_argument("--timeout", type=int, default=600)
     st.add_argument("--log-dir", type=Path)
+    st.add_argument("--jobs", "-j", type=int, default=1, help="self-tests run at once (default 1)")
     sub.add_parser("progress")
     sub.add_parser("doctor")
     args = ap.parse_args(argv)
     if args.cmd == "selftest":
-        return selftest(args.paths, args.timeout, args.log_dir)
+        return selftest(args.paths, args.timeout, args.log_dir, args.jobs)
     if args.cmd == "progress":
         return progress()
     return doctor()

@@ -135,3 +135,24 @@ def test_figures_go_to_outputs_unless_asked(tmp_path, monkeypatch):
     monkeypatch.setenv("LABKIT_WRITE_FIGURES", "1")
     fig, _ = plt.subplots()
     assert savefig(fig, lab / "figures" / "a.png") == lab / "figures" / "a.png"
+
+
+def test_selftest_runs_labs_in_parallel_and_reports_in_order(tmp_path, monkeypatch, capsys):
+    from labkit import runner
+
+    phase = tmp_path / "phase-99-demo"
+    for name, body in (("lab-01-slow", "import time; time.sleep(1.0); print('first done')"),
+                       ("lab-02-fails", "print('second'); raise SystemExit(3)"),
+                       ("lab-03-ok", "import os; print('threads', os.environ.get('OMP_NUM_THREADS'))")):
+        (phase / name).mkdir(parents=True)
+        (phase / name / "solution.py").write_text(body + "\n", encoding="utf-8")
+    monkeypatch.setattr(runner, "REPO_ROOT", tmp_path)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    rc = runner.selftest([str(phase)], jobs=2)
+    out = capsys.readouterr().out
+    assert rc == 1, "a failing self-test must make the run fail"
+    assert out.index("first done") < out.index("second") < out.index("threads 1"), \
+        "outputs must be printed in lab order, whatever order the labs finish in"
+    assert "selftest: 2 passed, 1 failed" in out
+    with pytest.raises(ValueError):
+        runner.selftest([str(phase)], jobs=0)
