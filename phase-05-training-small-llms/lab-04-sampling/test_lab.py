@@ -112,11 +112,11 @@ def test_top_p_with_ties_matches_hf(lab, p):
     assert_same(ours, ref, f"top_p={p} with tied logits", "tied tokens on the same side of the cut stay together")
 
 
-@pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("m, keep", [(0.0, 1), (0.05, 1), (0.3, 1), (0.3, 4), (1.0, 1)])
+# min_tokens_to_keep > 1 on tied logits is left out: which of several tied tokens it saves is arbitrary
+@pytest.mark.parametrize("case, m, keep", [
+    (case, m, keep) for case in CASES for m, keep in [(0.0, 1), (0.05, 1), (0.3, 1), (0.3, 4), (1.0, 1)]
+    if not (case == "ties" and keep > 1)])
 def test_min_p_matches_hf(lab, case, m, keep):
-    if case == "ties" and keep > 1:
-        pytest.skip("which of several tied tokens min_tokens_to_keep saves is arbitrary")
     x = CASES[case]
     ref = hf_proc().MinPLogitsWarper(min_p=m, min_tokens_to_keep=keep)(None, x.clone())
     assert_same(lab.min_p_filter(x, m, min_tokens_to_keep=keep), ref, f"min_p={m}, min_tokens_to_keep={keep} on {case}",
