@@ -85,3 +85,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     lab_py = Path(item.path).parent / "lab.py"
     hint = todo_hints(lab_py.read_text(encoding="utf-8")).get(k, "") if lab_py.is_file() else ""
     report.longrepr = f"TODO({k}) not done yet" + (f": {hint}" if hint else "") + f"  [{lab_py}]"
+
+
+@pytest.fixture(scope="session")
+def llm_endpoint():
+    """A real OpenAI-compatible server over the curriculum model ("main"), on 127.0.0.1 and a free
+    port for the whole test session (:mod:`labkit.llm_server`): ``.base_url``, ``.model``,
+    ``.client()`` (an ``openai.OpenAI``)."""
+    from labkit.llm_server import serve_in_thread
+
+    with serve_in_thread("main") as endpoint:
+        yield endpoint
