@@ -4,8 +4,10 @@ Only what more than one lab needs lives here: loading a lab module by path
 (:mod:`labkit.loader`), the dataset registry (:mod:`labkit.data`), seeding
 (:mod:`labkit.seed`), timing (:mod:`labkit.timing`), PNG plots (:mod:`labkit.plots`) and
 offline tiktoken (:mod:`labkit.tiktoken_offline`), and the path of the curriculum's own
-trained model (:func:`labkit.curriculum.curriculum_model_path`, imported on first use). Everything a lab *teaches* lives in that
-lab's own folder. Importing ``labkit`` pulls in the standard library only; the plotting
+trained model (:func:`labkit.curriculum.curriculum_model_path`, imported on first use), and a small
+OpenAI-compatible server over that model (:mod:`labkit.llm_server`, imported only when used), the "LLM
+endpoint" that Phases 6-8 talk to through the real ``openai`` client. Everything a lab *teaches* lives
+in that lab's own folder. Importing ``labkit`` pulls in the standard library only; the plotting
 and tiktoken helpers import their libraries when first used.
 """
 from labkit.data import DataError, dataset_path, read_text
