@@ -88,6 +88,7 @@ __all__ = [
     "build_registry",
     "check_url",
     "fetch_url",
+    "lab02_retriever",
     "make_tasks",
     "parse_model_output",
     "run_agent",
@@ -389,12 +390,15 @@ def format_hits(hits: Sequence[Any], max_chars: int = 600) -> str:
     return "\n".join(lines)[:max_chars]
 
 
-def lab02_retriever(**kwargs: Any) -> Retriever:
-    """Lab 7.2's pipeline (``build_default_pipeline(**kwargs)``), which has ``.search(query, k)``."""
+def lab02_retriever(docs: dict[str, str] | None = None, **kwargs: Any) -> Retriever:
+    """Lab 7.2's RAG pipeline (MiniLM embeddings in Qdrant, ``.search(query, k)`` returns Hits),
+    indexing ``docs`` (default :data:`AGENT_FACTS`) instead of its own corpus."""
     from labkit import load_lab
 
     rag = load_lab("phase-07-retrieval-rag-agents/lab-02-rag-pipeline")
-    return rag.build_default_pipeline(**kwargs)
+    docs = AGENT_FACTS if docs is None else docs
+    return rag.build_default_pipeline(docs=[rag.Document(doc_id=k, text=v) for k, v in docs.items()],
+                                      collection=kwargs.pop("collection", "agent-facts"), **kwargs)
 
 
 # =============================================================================================
@@ -1348,6 +1352,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="main", help="model name at --base-url (or labkit's 'main'/'draft')")
     ap.add_argument("--api-key", default="not-needed")
     ap.add_argument("--samples", type=int, default=None, help="constrained/unconstrained samples (default 16)")
+    ap.add_argument("--retriever", choices=["lab02", "keyword"], default="lab02",
+                    help="search_docs backend: lab 7.2's dense pipeline (default) or the in-lab keyword one")
     args = ap.parse_args(argv)
     n_samples = args.samples or (64 if args.full else 16)
 
@@ -1383,7 +1389,13 @@ def main(argv: list[str] | None = None) -> int:
         failures.append("an attack got through")
 
     # ---- 2. ten tasks with the scripted policy ----------------------------------------------
-    retriever = KeywordRetriever(AGENT_FACTS)
+    retriever: Retriever = KeywordRetriever(AGENT_FACTS)
+    if args.retriever == "lab02":
+        try:
+            retriever = lab02_retriever()
+        except Exception as e:  # lab 7.2 missing or broken: say so, keep going with the keyword retriever
+            print(f"lab 7.2's pipeline unavailable ({e.__class__.__name__}: {e}); using KeywordRetriever")
+            args.retriever = "keyword"
     with serve_in_thread(make_demo_app()) as base:
         port = int(base.rsplit(":", 1)[1])
         registry = build_registry(retriever, FetchPolicy(allow=frozenset({f"127.0.0.1:{port}"}), timeout_s=2))
@@ -1394,7 +1406,7 @@ def main(argv: list[str] | None = None) -> int:
             r = run_agent(task.question, ScriptedPolicy(task.plan), registry, tracer=tracer)
             rows.append((task, r))
         solved = sum(t.solved_by(r.answer) for t, r in rows)
-        print(f"\nscripted policy: {solved}/{len(tasks)} tasks solved")
+        print(f"\nscripted policy, search_docs = {args.retriever}: {solved}/{len(tasks)} tasks solved")
         print(f"{'#':>2}  {'steps':>5}  {'tools':>5}  {'bad out':>7}  {'solved':>6}  answer")
         for i, (t, r) in enumerate(rows):
             print(f"{i:>2}  {r.steps:>5}  {r.tool_calls:>5}  {r.output_errors:>7}  {t.solved_by(r.answer)!s:>6}  "

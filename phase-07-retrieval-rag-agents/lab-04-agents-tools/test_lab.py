@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from labkit import load_lab, seed_everything
+from labkit import seed_everything
 
 HERE = Path(__file__).resolve().parent
 
@@ -313,6 +313,18 @@ BAD_OUTPUTS = [
     {"role": "assistant", "content": None, "tool_calls": [{"id": "n3", "type": "function"}]},  # no function
     {"role": "assistant", "content": None},                               # nothing at all
 ]
+
+
+def test_tasks_with_lab02_dense_retriever(lab, server):
+    """search_docs backed by lab 7.2's pipeline (MiniLM + Qdrant) over the same facts."""
+    if not (HERE.parent / "lab-02-rag-pipeline" / "solution.py").is_file():
+        pytest.skip("lab 7.2 is not in this checkout")
+    base, port = server
+    registry = lab.build_registry(lab.lab02_retriever(collection="agent-facts-test"),
+                                  lab.FetchPolicy(allow=frozenset({f"127.0.0.1:{port}"})))
+    tasks = lab.make_tasks(base)
+    solved = [t.solved_by(lab.run_agent(t.question, lab.ScriptedPolicy(t.plan), registry).answer) for t in tasks]
+    assert all(solved), f"with dense retrieval: solved {sum(solved)}/10 ({solved})"
 
 
 def test_every_bad_output_is_fed_back_and_the_loop_survives(lab, registry, tmp_path):
