@@ -60,6 +60,7 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.requests import Request  # module level: FastAPI resolves endpoint annotations from here
 
 HERE = Path(__file__).resolve().parent
 QA_PATH = HERE / "qa_pairs.json"
@@ -264,6 +265,7 @@ def hf_token_counter(tokenizer_or_path: Any) -> CountTokens:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(tok))
+        tok.model_max_length = 10**9  # we only count; the length check is the server's job
     return lambda text: len(tok.encode(text, add_special_tokens=False))
 
 
@@ -283,6 +285,7 @@ def hf_chat_token_counter(tokenizer_or_path: Any, bos: bool = True) -> Callable[
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(tok))
+        tok.model_max_length = 10**9  # we only count; the length check is the server's job
 
     def count(messages: list[dict]) -> int:
         text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -852,8 +855,8 @@ def extractive_answer(query_vec: np.ndarray, hits: Sequence[Hit], embed: Callabl
                       margin: float = 0.1) -> tuple[str, list[Citation]]:
     """Answer without an LLM: the retrieved sentences that best match the question, with citations.
 
-    Every sentence (:func:`split_sentences`) of every hit with at least ``min_words`` words is a
-    candidate; its support is the cosine similarity of its embedding with ``query_vec`` (both unit
+    Every sentence (:func:`split_sentences`) of every hit with at least ``min_words`` words that does
+    not start in lower case (a fragment left by a chunk boundary) is a candidate; its support is the cosine similarity of its embedding with ``query_vec`` (both unit
     vectors). The ``max_sentences`` best distinct sentences (overlapping chunks repeat sentences:
     keep the first, i.e. the better-ranked source) whose support is at least ``min_score`` and within
     ``margin`` of the best are joined in order of support, each followed by `` [n]`` where ``n`` is
@@ -863,13 +866,14 @@ def extractive_answer(query_vec: np.ndarray, hits: Sequence[Hit], embed: Callabl
     Returns:
         ``(answer_text, citations)``: one Citation per distinct source used, in order of first use.
     """
-    # BEGIN SOLUTION collect (n, sentence) candidates from each hit (1-based n), embed them, score = vecs @ query_vec, take the best distinct sentences by a stable descending sort, at most max_sentences, each >= min_score and >= best - margin; NO_ANSWER if the best score < min_score; answer "sent [n] sent [m]" and a Citation per distinct n (medium, ~20 min)
+    # BEGIN SOLUTION collect (n, sentence) candidates from each hit (1-based n; skip short, lower-case-initial and repeated sentences), embed them, score = vecs @ query_vec, take the best distinct sentences by a stable descending sort, at most max_sentences, each >= min_score and >= best - margin; NO_ANSWER if the best score < min_score; answer "sent [n] sent [m]" and a Citation per distinct n (medium, ~20 min)
     candidates: list[tuple[int, str]] = []
     seen: set[str] = set()
     for n, hit in enumerate(hits, 1):
         for s, e in split_sentences(hit.text):
             sent = re.sub(r"\s+", " ", hit.text[s:e]).strip()
-            if len(sent.split()) >= min_words and sent not in seen:
+            # a sentence starting in lower case is a fragment cut by a chunk boundary: skip it
+            if len(sent.split()) >= min_words and not sent[0].islower() and sent not in seen:
                 seen.add(sent)
                 candidates.append((n, sent))
     if not candidates:
@@ -1249,7 +1253,10 @@ class DocumentsRequest(BaseModel):
 def _describe_errors(errors: Sequence[dict]) -> str:
     msgs = []
     for e in errors:
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query"))
+        loc = list(e.get("loc", ()))
+        if loc and loc[0] in ("body", "query", "path", "header"):  # where it was, not what
+            loc = loc[1:]
+        loc = ".".join(str(x) for x in loc)
         typ = e.get("type", "")
         if typ == "json_invalid":
             msgs.append(f"the request body is not valid JSON ({e.get('ctx', {}).get('error', 'decode error')})")
@@ -1299,7 +1306,7 @@ def create_app(pipeline: RAGPipeline, stream_delay_s: float = 0.0):
     endpoint fails. ``stream_delay_s`` pauses between token events (a demo/test knob to make
     streaming visible). ``app.state.stream_stats`` counts started / completed / disconnected streams.
     """
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from pydantic import ValidationError
@@ -1362,7 +1369,7 @@ def create_app(pipeline: RAGPipeline, stream_delay_s: float = 0.0):
         return ans.to_dict()
 
     @app.get("/query/stream")
-    async def query_stream(request: Request):
+    async def query_stream(request: Request):  # Request is imported at module level (see the imports)
         params = dict(request.query_params)
         unknown = sorted(set(params) - {"query", "q", "k", "mode"})
         if unknown:
@@ -1371,8 +1378,8 @@ def create_app(pipeline: RAGPipeline, stream_delay_s: float = 0.0):
             params["query"] = params.pop("q")
         try:
             req = QueryRequest(**params, stream=True)
-        except ValidationError as exc:
-            return invalid(_describe_errors(exc.errors()))
+        except ValidationError as exc:  # located like FastAPI's own errors: ("query", <param>)
+            return invalid(_describe_errors([{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]))
         try:
             return sse(req)
         except ValueError as exc:
@@ -1543,6 +1550,9 @@ def selftest(args) -> int:
         if bad_status.status_code != 422:
             failures.append("malformed JSON did not get a 422")
 
+    if args.llm:
+        failures += llm_report(pipe, pairs, args)
+
     # hit@k curves
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for chunker, ev in results.items():
@@ -1564,6 +1574,40 @@ def selftest(args) -> int:
     return 0
 
 
+def llm_report(pipe: RAGPipeline, pairs: list[dict], args) -> list[str]:
+    """The LLM path against labkit's OpenAI-compatible server over the curriculum model (256-token
+    context): budgeted prompts, citation validity, and what an over-long prompt gets."""
+    from labkit import curriculum_model_path
+    from labkit.llm_server import serve_in_thread
+
+    failures = []
+    counter = hf_chat_token_counter(curriculum_model_path("main") / "hf")
+    with serve_in_thread("main") as ep:
+        pipe_llm = RAGPipeline.__new__(RAGPipeline)
+        pipe_llm.__dict__.update(pipe.__dict__)
+        pipe_llm.generator = OpenAIGenerator(ep.base_url, ep.model, max_tokens=32, context_tokens=256,
+                                             prompt_tokens=counter, client=ep.client())
+        rows = []
+        for p in pairs[:10]:
+            t = time.perf_counter()
+            ans = pipe_llm.answer(p["question"], k=5)
+            rows.append((ans, time.perf_counter() - t))
+        n_src = [len(a.sources) for a, _ in rows]
+        print(f"\nLLM path ({ep.model}, context 256, max_tokens 32), {len(rows)} questions, k=5:")
+        print(f"  prompt tokens: max {max(a.prompt_tokens for a, _ in rows)} (budget {256 - 32}); sources that fit: "
+              f"{min(n_src)}-{max(n_src)} of 5; answers with >= 1 valid citation: "
+              f"{sum(bool(a.citations) for a, _ in rows)}/{len(rows)}; invalid citations dropped: "
+              f"{sum(len(a.invalid_citations) for a, _ in rows)}; mean latency {np.mean([s for _, s in rows]):.2f} s")
+        print(f"  e.g. Q: {rows[0][0].query}\n       A: {rows[0][0].answer!r}")
+        pipe_llm.generator = OpenAIGenerator(ep.base_url, ep.model, max_tokens=32, client=ep.client())
+        try:
+            pipe_llm.answer(pairs[0]["question"], k=5)
+            failures.append("an unbudgeted 5-source prompt did not overflow the 256-token context")
+        except GenerationError as exc:
+            print(f"  without a budget: GenerationError: {str(exc)[:160]}...")
+    return failures
+
+
 HIT5_BAR = 0.80  # the stated bar for hit@5 of the default (recursive) pipeline on the QA pairs
 
 
@@ -1572,6 +1616,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("command", nargs="?", default="selftest", choices=["selftest", "serve", "ask"])
     ap.add_argument("question", nargs="?", help="for 'ask'")
     ap.add_argument("--full", action="store_true", help="index every mirror article, uncut (minutes on CPU)")
+    ap.add_argument("--llm", action="store_true", help="self-test: also run the LLM path on the curriculum model")
     ap.add_argument("--chunker", default="recursive", choices=sorted(CHUNKERS))
     ap.add_argument("--chunk-size", type=int, default=128)
     ap.add_argument("--overlap", type=int, default=24)
