@@ -39,7 +39,7 @@ import unicodedata
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -375,7 +375,9 @@ def generate_raw(client: Any, model: str, seeds: Sequence[dict], out_dir: str | 
             return i, None, e
 
     with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
-        for i, rec, err in pool.map(work, todo):  # results in id order; written as they arrive
+        # written the moment each finishes (not in id order): a kill loses only what is in flight
+        for fut in as_completed([pool.submit(work, i) for i in todo]):
+            i, rec, err = fut.result()
             if rec is not None:
                 append_jsonl(raw_path, rec)
                 summary.finished_now += 1
@@ -1035,15 +1037,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from labkit.plots import plt, savefig
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    fig, ax = plt.subplots(figsize=(7, 3.8))
     names = ["generated"] + [r.stage for r in reports]
-    counts = [len(raw)] + [r.n_in - r.dropped for r in reports]
-    ax.bar(range(len(names)), counts, color="C0")
-    for x, c in enumerate(counts):
-        ax.text(x, c, str(c), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("items left")
-    ax.set_title(f"Filter funnel: {model}, {len(raw)} generations")
+    x = np.arange(len(names))
+    for off, label, reps, total, color in ((-0.2, f"{model} ({len(raw)} generations)", reports, len(raw), "C3"),
+                                           (0.2, f"control: {len(control)} Alpaca tasks", c_reports, len(control), "C0")):
+        left = [total] + [r.n_in - r.dropped for r in reps]
+        share = [c / total if total else 0.0 for c in left]
+        ax.bar(x + off, share, width=0.4, color=color, label=label)
+        for xi, c, sh in zip(x, left, share):
+            ax.text(xi + off, sh, str(c), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("share left after the stage")
+    ax.set_ylim(0, 1.15)
+    ax.set_title("Filter funnel (numbers: items left)")
+    ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     print(f"\nwrote {savefig(fig, HERE / 'figures' / 'funnel.png')}")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))

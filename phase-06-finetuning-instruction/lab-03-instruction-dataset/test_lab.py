@@ -382,7 +382,7 @@ def test_repetition_ratio(lab):
 def test_quality_checks_catch_what_they_name(lab):
     good = {"instruction": "Write a sentence about a cat.", "input": "", "output": "The cat sat in the sun.",
             "finish_reason": "stop"}
-    assert all(ok(good) for ok in lab.QUALITY_CHECKS.values())
+    assert all(ok(good) for name, ok in lab.QUALITY_CHECKS.items() if name != "repetitive_output")
     bad = {
         "not_an_instruction": dict(good, instruction="The man looked at the park."),
         "truncated_output": dict(good, finish_reason="length"),
@@ -454,10 +454,15 @@ def test_minhash_dedup_drops_copies_of_the_reference(lab, seeds):
 
 # --------------------------------------------------------------------------- TODO 9: embeddings
 def test_embedding_dedup_is_greedy_over_normalized_rows(lab):
-    e = np.array([[1.0, 0.0], [10.0, 1.0], [0.0, 3.0], [0.6, 0.8], [0.0, -1.0]])
-    assert lab.embedding_dedup(e, threshold=0.9) == [0, 2, 3, 4], (
-        "row 1 is a scaled near-copy of row 0 (normalize rows first!); row 3 is compared with KEPT rows only")
-    assert lab.embedding_dedup(e, threshold=0.9, reference=np.array([[0.0, 1.0]])) == [0, 3, 4]
+    def at(deg: float, r: float = 1.0) -> list[float]:
+        return [r * np.cos(np.radians(deg)), r * np.sin(np.radians(deg))]
+
+    e = np.array([at(0), at(10, 0.1), at(20), at(40), at(90)])
+    assert lab.embedding_dedup(e, threshold=0.9) == [0, 3, 4], (
+        "row 1 is a short near-copy of row 0 (normalize rows first!); row 3 is close to row 2, which was "
+        "dropped: compare with the KEPT rows only")
+    assert lab.embedding_dedup(e, threshold=0.9, reference=np.array([at(90, 5.0)])) == [0, 3], (
+        "reference rows count as already kept")
     # brute force on random data
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 8))
