@@ -215,7 +215,7 @@ def test_fetch_url_limits(lab, server, path, needle):
     t0 = time.perf_counter()
     with pytest.raises(lab.ToolError, match=needle):
         lab.fetch_url(base + path, policy)
-    assert time.perf_counter() - t0 < 2.5, "the time limit must bound the whole fetch"
+    assert time.perf_counter() - t0 < 2.9, "the time limit must bound the whole fetch (/slow takes 3 s)"
 
 
 def test_fetch_url_follows_safe_redirects_and_refuses_unlisted_local(lab, server):
