@@ -359,7 +359,7 @@ def test_answers_cite_only_retrieved_chunks(lab, pipeline, qa):
         assert ans.citations, f"{p['id']}: no citations"
         for c in ans.citations:
             assert 1 <= c.n <= len(ids) and ids[c.n - 1] == c.chunk_id, f"{p['id']}: citation {c} is not source [{c.n}]"
-            assert f"[{c.n}]" in ans.answer
+            assert f"[{c.n}]" in ans.answer, f"{p['id']}: citation {c.n} is not marked in the answer text (1-based [n])"
         found += p["evidence"] in ans.answer
     assert found >= len(qa[::3]) // 2, f"only {found}/{len(qa[::3])} extractive answers contain the evidence sentence"
 
