@@ -66,7 +66,7 @@ __all__ = [
     "PlainLengthTrainer", "SFTRecipe", "causal_lm_loss", "chat_template", "check_instruction",
     "check_instruction_loose", "check_messages", "encode_conversation", "ifeval_scores", "load_model",
     "load_tokenizer", "loose_variants", "message_spans", "multi_turn_labels", "response_loss",
-    "reverse_labels", "sft_model_path", "sft_step", "single_turn_labels", "train_sft", "train_with_trl",
+    "reverse_labels", "role_labels", "sft_model_path", "sft_step", "single_turn_labels", "train_sft", "train_with_trl",
 ]
 
 
@@ -222,23 +222,9 @@ def single_turn_labels(input_ids: Sequence[int], spans: Sequence[tuple[int, int]
     raise NotImplementedError("TODO(3)")
 
 
-def _labels_for_roles(input_ids, spans, roles, train_role: str, max_length: int | None):
-    _check_span_inputs(input_ids, spans, roles)
-    if max_length is not None and max_length < 1:
-        raise ValueError(f"max_length must be >= 1, got {max_length}")
-    ids = list(input_ids[:max_length] if max_length is not None else input_ids)
-    n = len(ids)
-    labels = [IGNORE_INDEX] * n
-    for (s, e), r in zip(spans, roles, strict=True):
-        if r == train_role and s < n:
-            e = min(e, n)  # a truncated turn keeps its visible part
-            labels[s:e] = ids[s:e]
-    return ids, labels
-
-
-def multi_turn_labels(input_ids: Sequence[int], spans: Sequence[tuple[int, int]], roles: Sequence[str],
-                      max_length: int | None = None) -> tuple[list[int], list[int]]:
-    """Truncate to ``max_length`` tokens and supervise every assistant turn.
+def role_labels(input_ids: Sequence[int], spans: Sequence[tuple[int, int]], roles: Sequence[str],
+                train_role: str, max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """Truncate to ``max_length`` tokens and supervise every turn of ``train_role``.
 
     Truncation keeps the start (``input_ids[:max_length]``). A span that starts past the cut is
     dropped; a span cut in the middle keeps its visible tokens (``end = min(end, len(ids))``), so
@@ -250,8 +236,17 @@ def multi_turn_labels(input_ids: Sequence[int], spans: Sequence[tuple[int, int]]
     Raises:
         ValueError: ``max_length < 1``, spans/roles of different lengths or outside the ids.
     """
-    # TODO(4): cut ids to max_length; labels all IGNORE_INDEX; for every assistant span that starts before the cut, copy ids[start:min(end, n)] (easy, ~10 min)
+    _check_span_inputs(input_ids, spans, roles)
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    # TODO(4): ids = input_ids[:max_length]; labels all IGNORE_INDEX; for every span of train_role that starts before len(ids), copy ids[start:min(end, len(ids))] (easy, ~10 min)
     raise NotImplementedError("TODO(4)")
+
+
+def multi_turn_labels(input_ids: Sequence[int], spans: Sequence[tuple[int, int]], roles: Sequence[str],
+                      max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """Multi-turn SFT masks: every assistant turn supervised, truncation-safe (``role_labels``)."""
+    return role_labels(input_ids, spans, roles, "assistant", max_length)
 
 
 def reverse_labels(input_ids: Sequence[int], spans: Sequence[tuple[int, int]], roles: Sequence[str],
@@ -263,8 +258,7 @@ def reverse_labels(input_ids: Sequence[int], spans: Sequence[tuple[int, int]], r
     For a single-turn pair, swap the order first (``swap_single_turn``) so the user's message is
     conditioned on the answer. Truncation works as in ``multi_turn_labels``.
     """
-    # TODO(5): the same as multi_turn_labels with role 'user' in place of 'assistant' (easy, ~5 min)
-    raise NotImplementedError("TODO(5)")
+    return role_labels(input_ids, spans, roles, "user", max_length)
 
 
 def swap_single_turn(messages: Sequence[dict]) -> list[dict]:
@@ -337,8 +331,8 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: 
                          f"got min {int(labels[valid].min())}, max {int(labels[valid].max())}")
     if num_items_in_batch is not None and int(num_items_in_batch) < 1:
         raise ValueError(f"num_items_in_batch must be >= 1, got {int(num_items_in_batch)}")
-    # TODO(6): shift (logits[:, :-1], labels[:, 1:]); log_softmax in float32 over V; gather the target's log-prob (clamp ignored targets to 0 before gather); zero them with the mask; sum; divide by num_items_in_batch or the mask's count (return 0 * sum when the count is 0) (medium, ~20 min)
-    raise NotImplementedError("TODO(6)")
+    # TODO(5): shift (logits[:, :-1], labels[:, 1:]); log_softmax in float32 over V; gather the target's log-prob (clamp ignored targets to 0 before gather); zero them with the mask; sum; divide by num_items_in_batch or the mask's count (return 0 * sum when the count is 0) (medium, ~20 min)
+    raise NotImplementedError("TODO(5)")
 
 
 def count_targets(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> int:
@@ -371,8 +365,8 @@ def sft_step(model, micro_batches: Sequence[dict[str, torch.Tensor]], optimizer=
         raise ValueError(f"normalize must be 'global' or 'per_micro_batch', got {normalize!r}")
     if not micro_batches:
         raise ValueError("micro_batches is empty")
-    # TODO(7): global: n = sum of count_targets over micro-batches (ValueError if 0); for each: loss = causal_lm_loss(logits, labels, num_items_in_batch=n); backward; add to the total. per_micro_batch: (causal_lm_loss(...) / len(micro_batches)).backward(). Then optimizer.step() and zero_grad() if given (medium, ~15 min)
-    raise NotImplementedError("TODO(7)")
+    # TODO(6): global: n = sum of count_targets over micro-batches (ValueError if 0); for each: loss = causal_lm_loss(logits, labels, num_items_in_batch=n); backward; add to the total. per_micro_batch: (causal_lm_loss(...) / len(micro_batches)).backward(). Then optimizer.step() and zero_grad() if given (medium, ~15 min)
+    raise NotImplementedError("TODO(6)")
 
 
 # ============================================================================ 4. data
@@ -462,23 +456,23 @@ def _compare(count: int, relation: str, target: int) -> bool:
 
 
 def _check_no_comma(response: str, kw: dict) -> bool:
-    # TODO(8): True when the response has no ',' at all (easy, ~2 min)
-    raise NotImplementedError("TODO(8)")
+    # TODO(7): True when the response has no ',' at all (easy, ~2 min)
+    raise NotImplementedError("TODO(7)")
 
 
 def _check_highlights(response: str, kw: dict) -> bool:
-    # TODO(9): count *single-line spans* (r"\*[^\n\*]*\*") whose text without the stars is non-blank, plus **bold** spans (r"\*\*[^\n\*]*\*\*") likewise; compare with kw['num_highlights'] (at least) (medium, ~10 min)
-    raise NotImplementedError("TODO(9)")
+    # TODO(8): count *single-line spans* (r"\*[^\n\*]*\*") whose text without the stars is non-blank, plus **bold** spans (r"\*\*[^\n\*]*\*\*") likewise; compare with kw['num_highlights'] (at least) (medium, ~10 min)
+    raise NotImplementedError("TODO(8)")
 
 
 def _check_postscript(response: str, kw: dict) -> bool:
-    # TODO(10): lower-case the response; a line must start (after spaces) with the marker: 'P.S.' -> r"\s*p\.\s?s\..*$", 'P.P.S' -> r"\s*p\.\s?p\.\s?s.*$", else the lower-cased marker itself (as a regex); re.MULTILINE (medium, ~10 min)
-    raise NotImplementedError("TODO(10)")
+    # TODO(9): lower-case the response; a line must start (after spaces) with the marker: 'P.S.' -> r"\s*p\.\s?s\..*$", 'P.P.S' -> r"\s*p\.\s?p\.\s?s.*$", else the lower-cased marker itself (as a regex); re.MULTILINE (medium, ~10 min)
+    raise NotImplementedError("TODO(9)")
 
 
 def _check_number_words(response: str, kw: dict) -> bool:
-    # TODO(11): a word is a run of \w characters (what nltk's RegexpTokenizer(r"\w+") finds); compare the count with kw['num_words'] under kw['relation'] (easy, ~5 min)
-    raise NotImplementedError("TODO(11)")
+    # TODO(10): a word is a run of \w characters (what nltk's RegexpTokenizer(r"\w+") finds); compare the count with kw['num_words'] under kw['relation'] (easy, ~5 min)
+    raise NotImplementedError("TODO(10)")
 
 
 def _check_quotation(response: str, kw: dict) -> bool:
@@ -596,8 +590,8 @@ def loose_variants(response: str) -> list[str]:
     where ``x*`` means ``x`` with stars removed. Loose scoring forgives a greeting line ("Sure!"),
     a closing line, and markdown emphasis.
     """
-    # TODO(12): lines = response.split('\n'); first = '\n'.join(lines[1:]).strip(), last = '\n'.join(lines[:-1]).strip(), both = '\n'.join(lines[1:-1]).strip(); return the list in the documented order with .replace('*', '') for the starred ones (easy, ~10 min)
-    raise NotImplementedError("TODO(12)")
+    # TODO(11): lines = response.split('\n'); first = '\n'.join(lines[1:]).strip(), last = '\n'.join(lines[:-1]).strip(), both = '\n'.join(lines[1:-1]).strip(); return the list in the documented order with .replace('*', '') for the starred ones (easy, ~10 min)
+    raise NotImplementedError("TODO(11)")
 
 
 def check_instruction_loose(instruction_id: str, response: str, kwargs: dict | None = None) -> bool:
@@ -763,12 +757,15 @@ def _linear_lr(step: int, total: int) -> float:
 
 
 def train_sft(model, tokenizer, conversations: Sequence[list[dict]], recipe: SFTRecipe,
-              log_every: int = 20, quiet: bool = False) -> list[float]:
+              log_every: int = 20, quiet: bool = False, heldout: Sequence[list[dict]] = (),
+              eval_at: Sequence[int] = ()) -> tuple[list[float], dict[int, float]]:
     """Our SFT loop: AdamW, linear decay, ``grad_accum`` micro-batches per step via ``sft_step``.
 
     Batches are drawn in a seeded shuffled order (a new permutation per epoch). Returns the
-    per-step losses (token means over each step's supervised tokens).
+    per-step losses (token means over each step's supervised tokens) and ``{step: held-out
+    response loss}`` measured after each step number in ``eval_at``.
     """
+    evals: dict[int, float] = {}
     seed_everything(recipe.seed)
     model.train()
     enc = [encode_conversation(tokenizer, c, "assistant", recipe.max_length) for c in conversations]
@@ -789,10 +786,13 @@ def train_sft(model, tokenizer, conversations: Sequence[list[dict]], recipe: SFT
             mbs.append({k: v.to(dev) for k, v in pad_right([enc[i] for i in idx], tokenizer.pad_token_id).items()})
         losses.append(sft_step(model, mbs, opt))
         sched.step()
+        if step + 1 in eval_at and heldout:
+            evals[step + 1] = response_loss(model, tokenizer, heldout)
+            model.train()
         if not quiet and (step % log_every == 0 or step == recipe.steps - 1):
             print(f"  [ours] step {step:4d}  loss {losses[-1]:.3f}", file=sys.stderr, flush=True)
     model.eval()
-    return losses
+    return losses, evals
 
 
 def train_with_trl(model, tokenizer, conversations: Sequence[list[dict]], recipe: SFTRecipe, out_dir: Path,
@@ -863,7 +863,7 @@ def build_sft_model(recipe: SFTRecipe, out: Path, quiet: bool = False) -> dict:
         train, heldout = recipe_data(tok, recipe)
         before = response_loss(model, tok, heldout)
         t0 = time.perf_counter()
-        losses = train_sft(model, tok, train, recipe, quiet=quiet)
+        losses, evals = train_sft(model, tok, train, recipe, quiet=quiet, heldout=heldout, eval_at=(40,))
         seconds = time.perf_counter() - t0
         after = response_loss(model, tok, heldout)
     finally:
@@ -876,6 +876,7 @@ def build_sft_model(recipe: SFTRecipe, out: Path, quiet: bool = False) -> dict:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     metrics = {"recipe": asdict(recipe), "heldout_response_loss_before": before, "heldout_response_loss_after": after,
+               "heldout_response_loss_at_step": {str(k): v for k, v in evals.items()},
                "train_loss_first": losses[0], "train_loss_last": losses[-1], "n_train": len(train),
                "n_heldout": len(heldout), "train_seconds": seconds}
     (out / "sft_metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
@@ -998,8 +999,8 @@ class LengthWeightedDataset(torch.utils.data.Dataset):
     def encode_pair(self, prompt: str, response: str) -> tuple[list[int], list[int], int]:
         """``(input_ids, labels, response_length)`` of one pair (the conversation without its final newline)."""
         msgs = check_messages([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
-        # TODO(13): prompt_ids = tokens of msgs[:1] rendered with add_generation_prompt=True; full = tokens of the whole conversation minus the trailing newline; check prompt_ids is a prefix of full; labels = -100 on the prompt part, the ids on the response part; response_length = number of response tokens (medium, ~15 min)
-        raise NotImplementedError("TODO(13)")
+        # TODO(12): prompt_ids = tokens of msgs[:1] rendered with add_generation_prompt=True; full = tokens of the whole conversation minus the trailing newline; check prompt_ids is a prefix of full; labels = -100 on the prompt part, the ids on the response part; response_length = number of response tokens (medium, ~15 min)
+        raise NotImplementedError("TODO(12)")
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         ids, labels, n_resp = self.encode_pair(*self.pairs[i])
@@ -1022,8 +1023,8 @@ class LengthCollator:
     def __call__(self, features: Sequence[dict]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("empty batch")
-        # TODO(14): T = longest input; fill (B, T) with pad_id / 0 / -100 and write each row at [T - n:]; stack response_length into a LongTensor (easy, ~10 min)
-        raise NotImplementedError("TODO(14)")
+        # TODO(13): T = longest input; fill (B, T) with pad_id / 0 / -100 and write each row at [T - n:]; stack response_length into a LongTensor (easy, ~10 min)
+        raise NotImplementedError("TODO(13)")
 
 
 def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -1051,8 +1052,8 @@ def length_weighted_loss(logits: torch.Tensor, labels: torch.Tensor, response_le
         raise ValueError(f"response_lengths must have shape ({logits.shape[0]},), got {tuple(response_lengths.shape)}")
     if (response_lengths <= 0).any():
         raise ValueError("response_lengths must be positive")
-    # TODO(15): losses = per_example_loss(logits, labels); w = 1 / lengths (float); w = w / w.sum() * B; return (w * losses).mean() (easy, ~10 min)
-    raise NotImplementedError("TODO(15)")
+    # TODO(14): losses = per_example_loss(logits, labels); w = 1 / lengths (float); w = w / w.sum() * B; return (w * losses).mean() (easy, ~10 min)
+    raise NotImplementedError("TODO(14)")
 
 
 class LengthWeightedTrainer(Trainer):
@@ -1134,9 +1135,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
+    import warnings
+
+    import datasets
     import transformers
 
     transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", category=FutureWarning)  # a deprecation inside TrainingArguments
     OUTPUTS.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
     t_start = time.perf_counter()
@@ -1202,7 +1208,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n[SFT, our loop] held-out response loss {metrics['heldout_response_loss_before']:.3f} -> "
           f"{metrics['heldout_response_loss_after']:.3f} nats/token ({metrics['n_train']} train, "
           f"{metrics['n_heldout']} held-out conversations, {recipe.steps} steps x {recipe.micro_batch}x{recipe.grad_accum})")
-    trl_steps = args.steps or (recipe.steps if args.full else 60)
+    trl_steps = args.steps or (recipe.steps if args.full else 40)
     seed_everything(recipe.seed)
     trl_model = load_model(base_dir, tok)
     t0 = time.perf_counter()
@@ -1210,6 +1216,9 @@ def main(argv: list[str] | None = None) -> int:
     trl_s = time.perf_counter() - t0
     trl_after = response_loss(trl_model, tok, heldout)
     before = metrics["heldout_response_loss_before"]
+    ours_40 = metrics.get("heldout_response_loss_at_step", {}).get(str(trl_steps))
+    if ours_40 is not None:
+        print(f"[SFT, our loop] after {trl_steps} steps: held-out response loss {ours_40:.3f}")
     print(f"[SFT, trl.SFTTrainer] {trl_steps} steps ({trl_s:.0f} s): held-out response loss {before:.3f} -> "
           f"{trl_after:.3f}; first/last logged train loss "
           f"{trainer.state.log_history[0].get('loss', float('nan')):.3f}/"
@@ -1232,8 +1241,9 @@ def main(argv: list[str] | None = None) -> int:
     # ---- 4. IFEval-style before/after on held-out synthetic prompts
     test_items = synthetic_ifeval(60, recipe.seed, "test")
     t_prompts = [it["prompt"] for it in test_items]
-    sc_b = ifeval_scores(test_items, generate_chat(base, tok, t_prompts, max_new_tokens=64))
-    sc_a = ifeval_scores(test_items, generate_chat(sft, tok, t_prompts, max_new_tokens=64))
+    out_b = generate_chat(base, tok, t_prompts, max_new_tokens=64)
+    out_a = generate_chat(sft, tok, t_prompts, max_new_tokens=64)
+    sc_b, sc_a = ifeval_scores(test_items, out_b), ifeval_scores(test_items, out_a)
     print(f"\n[IFEval-style] {sc_a['n_prompts']} held-out prompts of types {', '.join(SYNTH_TYPES)} (greedy):")
     print(_table([("base", f"{sc_b['inst_strict']:.3f}", f"{sc_b['inst_loose']:.3f}"),
                   ("SFT", f"{sc_a['inst_strict']:.3f}", f"{sc_a['inst_loose']:.3f}")],
@@ -1241,10 +1251,12 @@ def main(argv: list[str] | None = None) -> int:
     per_type = []
     for t in SYNTH_TYPES:
         sel = [i for i, it in enumerate(test_items) if it["instruction_id_list"][0] == t]
-        ob = ifeval_scores([test_items[i] for i in sel], generate_chat(base, tok, [t_prompts[i] for i in sel], 64))
-        oa = ifeval_scores([test_items[i] for i in sel], generate_chat(sft, tok, [t_prompts[i] for i in sel], 64))
-        per_type.append((t, len(sel), f"{ob['inst_loose']:.2f}", f"{oa['inst_loose']:.2f}"))
-    print(_table(per_type, ("type", "n", "base loose", "SFT loose")))
+        ob = ifeval_scores([test_items[i] for i in sel], [out_b[i] for i in sel])
+        oa = ifeval_scores([test_items[i] for i in sel], [out_a[i] for i in sel])
+        per_type.append((t, len(sel), f"{ob['inst_strict']:.2f}", f"{oa['inst_strict']:.2f}",
+                         f"{ob['inst_loose']:.2f}", f"{oa['inst_loose']:.2f}"))
+    print(_table(per_type, ("type", "n", "base strict", "SFT strict", "base loose", "SFT loose")))
+    write_generations(OUTPUTS / "generations_ifeval.md", t_prompts, out_b, out_a, title="IFEval-style, base vs SFT")
     if sc_a["inst_loose"] <= sc_b["inst_loose"] + 0.2:
         failures.append("IFEval-style loose accuracy did not improve by 0.2")
 

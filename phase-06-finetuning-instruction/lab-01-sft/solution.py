@@ -65,7 +65,7 @@ __all__ = [
     "PlainLengthTrainer", "SFTRecipe", "causal_lm_loss", "chat_template", "check_instruction",
     "check_instruction_loose", "check_messages", "encode_conversation", "ifeval_scores", "load_model",
     "load_tokenizer", "loose_variants", "message_spans", "multi_turn_labels", "response_loss",
-    "reverse_labels", "sft_model_path", "sft_step", "single_turn_labels", "train_sft", "train_with_trl",
+    "reverse_labels", "role_labels", "sft_model_path", "sft_step", "single_turn_labels", "train_sft", "train_with_trl",
 ]
 
 
@@ -244,23 +244,9 @@ def single_turn_labels(input_ids: Sequence[int], spans: Sequence[tuple[int, int]
     # END SOLUTION
 
 
-def _labels_for_roles(input_ids, spans, roles, train_role: str, max_length: int | None):
-    _check_span_inputs(input_ids, spans, roles)
-    if max_length is not None and max_length < 1:
-        raise ValueError(f"max_length must be >= 1, got {max_length}")
-    ids = list(input_ids[:max_length] if max_length is not None else input_ids)
-    n = len(ids)
-    labels = [IGNORE_INDEX] * n
-    for (s, e), r in zip(spans, roles, strict=True):
-        if r == train_role and s < n:
-            e = min(e, n)  # a truncated turn keeps its visible part
-            labels[s:e] = ids[s:e]
-    return ids, labels
-
-
-def multi_turn_labels(input_ids: Sequence[int], spans: Sequence[tuple[int, int]], roles: Sequence[str],
-                      max_length: int | None = None) -> tuple[list[int], list[int]]:
-    """Truncate to ``max_length`` tokens and supervise every assistant turn.
+def role_labels(input_ids: Sequence[int], spans: Sequence[tuple[int, int]], roles: Sequence[str],
+                train_role: str, max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """Truncate to ``max_length`` tokens and supervise every turn of ``train_role``.
 
     Truncation keeps the start (``input_ids[:max_length]``). A span that starts past the cut is
     dropped; a span cut in the middle keeps its visible tokens (``end = min(end, len(ids))``), so
@@ -272,9 +258,25 @@ def multi_turn_labels(input_ids: Sequence[int], spans: Sequence[tuple[int, int]]
     Raises:
         ValueError: ``max_length < 1``, spans/roles of different lengths or outside the ids.
     """
-    # BEGIN SOLUTION cut ids to max_length; labels all IGNORE_INDEX; for every assistant span that starts before the cut, copy ids[start:min(end, n)] (easy, ~10 min)
-    return _labels_for_roles(input_ids, spans, roles, "assistant", max_length)
+    _check_span_inputs(input_ids, spans, roles)
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    # BEGIN SOLUTION ids = input_ids[:max_length]; labels all IGNORE_INDEX; for every span of train_role that starts before len(ids), copy ids[start:min(end, len(ids))] (easy, ~10 min)
+    ids = list(input_ids[:max_length] if max_length is not None else input_ids)
+    n = len(ids)
+    labels = [IGNORE_INDEX] * n
+    for (s, e), r in zip(spans, roles, strict=True):
+        if r == train_role and s < n:
+            e = min(e, n)  # a truncated turn keeps its visible part
+            labels[s:e] = ids[s:e]
+    return ids, labels
     # END SOLUTION
+
+
+def multi_turn_labels(input_ids: Sequence[int], spans: Sequence[tuple[int, int]], roles: Sequence[str],
+                      max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """Multi-turn SFT masks: every assistant turn supervised, truncation-safe (``role_labels``)."""
+    return role_labels(input_ids, spans, roles, "assistant", max_length)
 
 
 def reverse_labels(input_ids: Sequence[int], spans: Sequence[tuple[int, int]], roles: Sequence[str],
@@ -286,9 +288,7 @@ def reverse_labels(input_ids: Sequence[int], spans: Sequence[tuple[int, int]], r
     For a single-turn pair, swap the order first (``swap_single_turn``) so the user's message is
     conditioned on the answer. Truncation works as in ``multi_turn_labels``.
     """
-    # BEGIN SOLUTION the same as multi_turn_labels with role 'user' in place of 'assistant' (easy, ~5 min)
-    return _labels_for_roles(input_ids, spans, roles, "user", max_length)
-    # END SOLUTION
+    return role_labels(input_ids, spans, roles, "user", max_length)
 
 
 def swap_single_turn(messages: Sequence[dict]) -> list[dict]:
@@ -832,12 +832,15 @@ def _linear_lr(step: int, total: int) -> float:
 
 
 def train_sft(model, tokenizer, conversations: Sequence[list[dict]], recipe: SFTRecipe,
-              log_every: int = 20, quiet: bool = False) -> list[float]:
+              log_every: int = 20, quiet: bool = False, heldout: Sequence[list[dict]] = (),
+              eval_at: Sequence[int] = ()) -> tuple[list[float], dict[int, float]]:
     """Our SFT loop: AdamW, linear decay, ``grad_accum`` micro-batches per step via ``sft_step``.
 
     Batches are drawn in a seeded shuffled order (a new permutation per epoch). Returns the
-    per-step losses (token means over each step's supervised tokens).
+    per-step losses (token means over each step's supervised tokens) and ``{step: held-out
+    response loss}`` measured after each step number in ``eval_at``.
     """
+    evals: dict[int, float] = {}
     seed_everything(recipe.seed)
     model.train()
     enc = [encode_conversation(tokenizer, c, "assistant", recipe.max_length) for c in conversations]
@@ -858,10 +861,13 @@ def train_sft(model, tokenizer, conversations: Sequence[list[dict]], recipe: SFT
             mbs.append({k: v.to(dev) for k, v in pad_right([enc[i] for i in idx], tokenizer.pad_token_id).items()})
         losses.append(sft_step(model, mbs, opt))
         sched.step()
+        if step + 1 in eval_at and heldout:
+            evals[step + 1] = response_loss(model, tokenizer, heldout)
+            model.train()
         if not quiet and (step % log_every == 0 or step == recipe.steps - 1):
             print(f"  [ours] step {step:4d}  loss {losses[-1]:.3f}", file=sys.stderr, flush=True)
     model.eval()
-    return losses
+    return losses, evals
 
 
 def train_with_trl(model, tokenizer, conversations: Sequence[list[dict]], recipe: SFTRecipe, out_dir: Path,
@@ -932,7 +938,7 @@ def build_sft_model(recipe: SFTRecipe, out: Path, quiet: bool = False) -> dict:
         train, heldout = recipe_data(tok, recipe)
         before = response_loss(model, tok, heldout)
         t0 = time.perf_counter()
-        losses = train_sft(model, tok, train, recipe, quiet=quiet)
+        losses, evals = train_sft(model, tok, train, recipe, quiet=quiet, heldout=heldout, eval_at=(40,))
         seconds = time.perf_counter() - t0
         after = response_loss(model, tok, heldout)
     finally:
@@ -945,6 +951,7 @@ def build_sft_model(recipe: SFTRecipe, out: Path, quiet: bool = False) -> dict:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     metrics = {"recipe": asdict(recipe), "heldout_response_loss_before": before, "heldout_response_loss_after": after,
+               "heldout_response_loss_at_step": {str(k): v for k, v in evals.items()},
                "train_loss_first": losses[0], "train_loss_last": losses[-1], "n_train": len(train),
                "n_heldout": len(heldout), "train_seconds": seconds}
     (out / "sft_metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
@@ -1226,9 +1233,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
+    import warnings
+
+    import datasets
     import transformers
 
     transformers.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", category=FutureWarning)  # a deprecation inside TrainingArguments
     OUTPUTS.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
     t_start = time.perf_counter()
@@ -1294,7 +1306,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n[SFT, our loop] held-out response loss {metrics['heldout_response_loss_before']:.3f} -> "
           f"{metrics['heldout_response_loss_after']:.3f} nats/token ({metrics['n_train']} train, "
           f"{metrics['n_heldout']} held-out conversations, {recipe.steps} steps x {recipe.micro_batch}x{recipe.grad_accum})")
-    trl_steps = args.steps or (recipe.steps if args.full else 60)
+    trl_steps = args.steps or (recipe.steps if args.full else 40)
     seed_everything(recipe.seed)
     trl_model = load_model(base_dir, tok)
     t0 = time.perf_counter()
@@ -1302,6 +1314,9 @@ def main(argv: list[str] | None = None) -> int:
     trl_s = time.perf_counter() - t0
     trl_after = response_loss(trl_model, tok, heldout)
     before = metrics["heldout_response_loss_before"]
+    ours_40 = metrics.get("heldout_response_loss_at_step", {}).get(str(trl_steps))
+    if ours_40 is not None:
+        print(f"[SFT, our loop] after {trl_steps} steps: held-out response loss {ours_40:.3f}")
     print(f"[SFT, trl.SFTTrainer] {trl_steps} steps ({trl_s:.0f} s): held-out response loss {before:.3f} -> "
           f"{trl_after:.3f}; first/last logged train loss "
           f"{trainer.state.log_history[0].get('loss', float('nan')):.3f}/"
@@ -1324,8 +1339,9 @@ def main(argv: list[str] | None = None) -> int:
     # ---- 4. IFEval-style before/after on held-out synthetic prompts
     test_items = synthetic_ifeval(60, recipe.seed, "test")
     t_prompts = [it["prompt"] for it in test_items]
-    sc_b = ifeval_scores(test_items, generate_chat(base, tok, t_prompts, max_new_tokens=64))
-    sc_a = ifeval_scores(test_items, generate_chat(sft, tok, t_prompts, max_new_tokens=64))
+    out_b = generate_chat(base, tok, t_prompts, max_new_tokens=64)
+    out_a = generate_chat(sft, tok, t_prompts, max_new_tokens=64)
+    sc_b, sc_a = ifeval_scores(test_items, out_b), ifeval_scores(test_items, out_a)
     print(f"\n[IFEval-style] {sc_a['n_prompts']} held-out prompts of types {', '.join(SYNTH_TYPES)} (greedy):")
     print(_table([("base", f"{sc_b['inst_strict']:.3f}", f"{sc_b['inst_loose']:.3f}"),
                   ("SFT", f"{sc_a['inst_strict']:.3f}", f"{sc_a['inst_loose']:.3f}")],
@@ -1333,10 +1349,12 @@ def main(argv: list[str] | None = None) -> int:
     per_type = []
     for t in SYNTH_TYPES:
         sel = [i for i, it in enumerate(test_items) if it["instruction_id_list"][0] == t]
-        ob = ifeval_scores([test_items[i] for i in sel], generate_chat(base, tok, [t_prompts[i] for i in sel], 64))
-        oa = ifeval_scores([test_items[i] for i in sel], generate_chat(sft, tok, [t_prompts[i] for i in sel], 64))
-        per_type.append((t, len(sel), f"{ob['inst_loose']:.2f}", f"{oa['inst_loose']:.2f}"))
-    print(_table(per_type, ("type", "n", "base loose", "SFT loose")))
+        ob = ifeval_scores([test_items[i] for i in sel], [out_b[i] for i in sel])
+        oa = ifeval_scores([test_items[i] for i in sel], [out_a[i] for i in sel])
+        per_type.append((t, len(sel), f"{ob['inst_strict']:.2f}", f"{oa['inst_strict']:.2f}",
+                         f"{ob['inst_loose']:.2f}", f"{oa['inst_loose']:.2f}"))
+    print(_table(per_type, ("type", "n", "base strict", "SFT strict", "base loose", "SFT loose")))
+    write_generations(OUTPUTS / "generations_ifeval.md", t_prompts, out_b, out_a, title="IFEval-style, base vs SFT")
     if sc_a["inst_loose"] <= sc_b["inst_loose"] + 0.2:
         failures.append("IFEval-style loose accuracy did not improve by 0.2")
 

@@ -185,9 +185,9 @@ def test_reverse_labels_train_user_turns(lab, tok, convs):
 @pytest.mark.parametrize("bad, exc", [([], ValueError), ("hi", TypeError), ([{"role": "bot", "content": "x"}], ValueError),
                                       ([{"role": "user", "content": ""}], ValueError),
                                       ([{"role": "user", "content": "a <|im_end|> b"}], ValueError)])
-def test_bad_messages(lab, tok, bad, exc):
+def test_bad_messages(lab, bad, exc):
     with pytest.raises(exc):
-        lab.message_spans(tok, bad)
+        lab.check_messages(bad)
 
 
 # --------------------------------------------------------------------------- cross-entropy
