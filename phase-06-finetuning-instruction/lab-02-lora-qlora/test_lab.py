@@ -494,3 +494,20 @@ def test_same_code_on_cuda_bf16_matches_peft(lab, load, idx):
     with torch.no_grad():
         d = diff(ours(idx.cuda()).logits, pm(idx.cuda()).logits)
     assert d < 0.05, f"bf16 on CUDA: logits differ from peft's by {d:.3f}"
+
+
+@pytest.mark.given
+def test_clear_errors_for_misuse(lab, tmp_path):
+    tiny = nn.Sequential(nn.Linear(4, 4)).requires_grad_(False)
+    with pytest.raises(ValueError, match="apply_lora"):
+        lab.train_lora(tiny, torch.arange(100), steps=1)  # a frozen model with no adapters: nothing would train
+    with pytest.raises(ValueError, match="no LoRA layers"):
+        lab.save_adapter(tiny, tmp_path / "a", lab.LoRAConfig())
+    with pytest.raises(ValueError, match="more than"):
+        lab.perplexity(tiny, torch.arange(10), block_size=16)
+    with pytest.raises(TypeError, match="floating"):
+        lab.quantize_nf4(torch.arange(64))
+    with pytest.raises(FileNotFoundError):
+        lab.load_adapter(tiny, tmp_path / "missing")
+    with pytest.raises(TypeError, match="linear"):
+        lab.LoRALinear(nn.ReLU(), 4, 8.0)
