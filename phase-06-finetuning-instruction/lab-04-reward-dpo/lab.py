@@ -27,6 +27,7 @@ Run: ``python solution.py`` (small mode, about a minute on one CPU core) or ``--
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import json
 import math
@@ -669,6 +670,9 @@ def trl_dpo_loss(policy: nn.Module, reference: nn.Module, tokenizer: Any, batch:
     for an in-memory model). It is the reference the grader compares ``dpo_loss`` with.
     """
     dummy = [PreferencePair("a", "b", "c")]
+    # TRL patches the forward of the models it is given (its fused LM head): hand it copies, so the
+    # caller's models are left exactly as they were
+    policy, reference = copy.deepcopy(policy), copy.deepcopy(reference)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = _trl_trainer(policy, reference, tokenizer, dummy, tmp, beta=beta, loss_type=[loss_type])
         with torch.no_grad():
@@ -678,7 +682,11 @@ def trl_dpo_loss(policy: nn.Module, reference: nn.Module, tokenizer: Any, batch:
 def run_trl_dpo(policy: nn.Module, reference: nn.Module, tokenizer: Any, pairs: Sequence[PreferencePair], *,
                 beta: float = 0.1, lr: float = 5e-4, epochs: float = 2.0, batch_size: int = 16,
                 max_length: int = 128, loss_type: str = "sigmoid", seed: int = 0) -> list[dict[str, float]]:
-    """Train ``policy`` in place with ``trl.DPOTrainer`` against the frozen ``reference``; returns TRL's logs."""
+    """Train ``policy`` in place with ``trl.DPOTrainer`` against the frozen ``reference``; returns TRL's logs.
+
+    TRL patches the forward of both models (its fused LM head); load fresh models for any later run
+    rather than ``copy.deepcopy`` of these (a copy would keep calling the original's forward).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         trainer = _trl_trainer(policy, reference, tokenizer, pairs, tmp, beta=beta, learning_rate=lr,
                                num_train_epochs=epochs, per_device_train_batch_size=batch_size,

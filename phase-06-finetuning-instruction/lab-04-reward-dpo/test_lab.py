@@ -6,7 +6,6 @@ lab 6.1: a Bradley–Terry reward model scored on pairs it never saw, and ``trl.
 preference pairs built from the model's own samples."""
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -40,9 +39,9 @@ def sft(lab):
 
 
 @pytest.fixture(scope="module")
-def noisy_policy(sft):
+def noisy_policy(lab, sft):
     """The SFT model with small random noise on every weight: a policy that differs from the reference."""
-    model = copy.deepcopy(sft[1])
+    model, _ = lab.load_policy(sft[0])
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
@@ -259,10 +258,11 @@ def test_reward_model_beats_chance_on_pairs_it_never_saw(lab, sft, cheer_pairs):
 def dpo_run(lab, sft, cheer_pairs):
     path, base, tok = sft
     train, test, _ = cheer_pairs
-    reference = copy.deepcopy(base).eval()
+    # fresh models from disk: TRL patches the forward of the models it trains, so never deepcopy one it touched
+    reference, _ = lab.load_policy(path)
     for p in reference.parameters():
         p.requires_grad_(False)
-    policy = copy.deepcopy(base)
+    policy, _ = lab.load_policy(path)
     seed_everything(0)
     held = [p for t, p in lab.make_prompts(tok) if t in lab.HELD_OUT_TOPICS]
     before = lab.cheer_report(base, tok, held, n_per_prompt=8, seed=1)
@@ -275,6 +275,8 @@ def dpo_run(lab, sft, cheer_pairs):
 
 def test_trl_dpo_on_sft_model_wins_held_out_pairs(dpo_run):
     acc, _, _ = dpo_run
+    assert acc["accuracy"] != 0.5 or acc["margin"] != 0.0, \
+        "the policy still equals the reference after training: was the model TRL trained the one evaluated?"
     assert acc["accuracy"] > 0.6, \
         (f"after trl.DPOTrainer the implicit reward ranks only {acc['accuracy']:.3f} of held-out pairs right "
          "(SFT baseline 0.5, spec bar 0.6): check sequence_logprobs and dpo_loss")
