@@ -327,15 +327,16 @@ def test_ivf_pads_short_results(lab):
         "fewer than k candidates: pad ids with -1 and scores with -inf"
 
 
-@pytest.mark.given
-def test_ivf_bad_nprobe(lab, ivf_setup):
-    base, queries, C, _ = ivf_setup
+def test_ivf_bad_nprobe(lab):
+    C = np.eye(4, dtype=np.float32)
     index = lab.IVFIndex(C)
+    q = np.ones((1, 4), dtype=np.float32)
     with pytest.raises(ValueError, match="empty"):
-        index.search(queries, 10, 1)
-    index.add(base[:500])
-    with pytest.raises(ValueError, match="nprobe"):
-        index.search(queries, 10, 65)
+        index.search(q, 10, 1)
+    index.add(np.eye(4, dtype=np.float32))
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="nprobe"):
+            index.search(q, 10, bad)
 
 
 @pytest.mark.given
@@ -346,8 +347,9 @@ def test_qdrant_embedded_equals_exact_search(lab):
         _, ids = qd.search(queries, 10)
     finally:
         qd.close()
-    _, truth = lab.exact_search(queries, base, 10)
-    assert lab.recall_vs_exact(ids, truth) == 1.0, "Qdrant's local mode scores every point: it must equal exact search"
+    truth = np.argsort(-(queries @ base.T), axis=1)[:, :10]
+    assert all(set(a) == set(t) for a, t in zip(ids.tolist(), truth.tolist())), \
+        "Qdrant's local mode scores every point: it must equal brute force"
 
 
 def test_benchmark_covers_every_index_type(lab):
