@@ -219,10 +219,10 @@ def test_reward_model_pooling_matches_hf_sequence_classification(lab, sft):
         tok.padding_side = "right"
     with torch.no_grad():
         ours_left = rm(left["input_ids"], left["attention_mask"])
-    # left padding shifts positions (RoPE without position_ids): compare the unpadded row, which is unchanged
-    assert ours_left[1].item() == pytest.approx(ours[1].item(), abs=1e-4)
-    assert not torch.allclose(ours_left[0], rm.head(torch.zeros(1, rm.head.in_features)).squeeze()), \
-        "with left padding the last real token is position T − 1"
+        theirs_left = hf(**left).logits.squeeze(-1)
+    assert torch.allclose(ours_left, theirs_left, atol=1e-4), \
+        ("with LEFT padding the last real token is position T − 1, not attention_mask.sum() − 1: find the last "
+         "position whose mask is 1")
 
 
 @pytest.fixture(scope="module")
