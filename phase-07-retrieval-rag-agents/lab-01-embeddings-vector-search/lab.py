@@ -829,7 +829,7 @@ SENT_RE = re.compile(r"(?<=[.!?])\s+")
 def load_passages(max_passages: int | None = None, min_words: int = 6, seed: int = 0) -> list[str]:
     """Real passages for the index benchmark: every sentence of >= ``min_words`` words from
     the three collections' documents and Phase 1's search corpus (WikiText-2 valid + test
-    paragraphs, MMLU test questions), deduplicated, shuffled with ``seed`` (about 78k in all);
+    paragraphs, MMLU test questions), deduplicated, shuffled with ``seed`` (73,365 in all);
     the first ``max_passages`` are returned."""
     texts = [d for name in COLLECTIONS for d in load_collection(name).docs] + _phase1().load_search_corpus()[0]
     seen: set[str] = set()
@@ -1093,7 +1093,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--full", action="store_true",
                     help="full collections for every embedding, MiniLM vectors for the index benchmark "
-                         "over all ~78k passages, and the synthetic scaling sweep")
+                         "over all 73,365 passages, and the synthetic scaling sweep")
     ap.add_argument("--model", default=None, help="sentence-transformers model id or folder (default: "
                     "the offline all-MiniLM-L6-v2)")
     ap.add_argument("--max-seq-length", type=int, default=MINILM_MAX_SEQ)
