@@ -128,8 +128,20 @@ def test_char_ngrams_equal_fasttext(lab, tiny_fasttext, word):
 
 @pytest.fixture(scope="module")
 def fasttext_minn1(lab):
-    """fastText with minn=1: its n-gram rule has a special case for one-character n-grams."""
-    return lab.train_fasttext(ev.load_text8_words(5_000), d_model=8, epochs=1, min_count=2, minn=1, maxn=3)
+    """fastText with minn=1: its n-gram rule has a special case for one-character n-grams.
+
+    Only fastText's dictionary (``get_subwords``) is compared here, never its weights. On a tiny
+    corpus its trainer raised ``RuntimeError: Encountered NaN`` once in a long CI pytest process
+    (not reproducible on its own), so the corpus is the same 40,000 words as ``tiny_fasttext`` and a
+    NaN from the reference trainer gets one retry on a different slice instead of failing the test.
+    """
+    try:
+        return lab.train_fasttext(ev.load_text8_words(40_000), d_model=8, epochs=1, min_count=2, minn=1, maxn=3)
+    except RuntimeError as e:
+        if "NaN" not in str(e):
+            raise
+        words = ev.load_text8_words(80_000)[40_000:]
+        return lab.train_fasttext(words, d_model=8, epochs=1, min_count=2, minn=1, maxn=3)
 
 
 @pytest.mark.parametrize("word", ["the", "a", "of", "xq", "naïve", "z"])
