@@ -296,9 +296,8 @@ def test_generate_cached_rejects_bad_input(lab, tiny):
         lab.generate_cached(tiny, x.float(), 2)
     with pytest.raises(TypeError, match="MiniGPT"):
         lab.generate_cached(torch.nn.Linear(2, 2), x, 2)
-    cache = lab.KVCache()
-    with torch.no_grad():
-        tiny(x, past_key_values=cache)
+    cache = lab.StaticKVCache(tiny.config, 1, 32)
+    cache.lengths = [10] * tiny.config.n_layer                 # as if the prompt were already cached
     with pytest.raises(ValueError, match="already holds"):
         lab.generate_cached(tiny, x, 2, cache=cache)
     assert torch.equal(lab.generate_cached(tiny, x, 0), x)
@@ -384,20 +383,25 @@ def test_crop_rolls_back(lab, tiny, kind):
 
 @pytest.mark.given
 def test_crop_rejects_bad_lengths(lab, tiny):
-    cache = lab.KVCache()
-    with torch.no_grad():
-        tiny(torch.randint(0, V, (1, 5)), past_key_values=cache)
-    for bad in (6, -6, 2.0):
-        with pytest.raises(ValueError):
-            cache.crop(bad)
+    dynamic = lab.KVCache()
+    dynamic.keys = [torch.zeros(1, 2, 5, 8) for _ in range(2)]
+    dynamic.values = [torch.zeros(1, 2, 5, 8) for _ in range(2)]
+    static = lab.StaticKVCache(tiny.config, 1, 8)
+    static.lengths = [5, 5]
+    for cache in (dynamic, static):
+        for bad in (6, -6, 2.0):
+            with pytest.raises(ValueError):
+                cache.crop(bad)
 
 
 @pytest.mark.given
 def test_batch_select_keeps_rows(lab, tiny):
-    x = torch.randint(0, V, (3, 6))
-    for cache in (lab.KVCache(), lab.StaticKVCache(tiny.config, 3, 8)):
-        with torch.no_grad():
-            tiny(x, past_key_values=cache)
+    dynamic = lab.KVCache()
+    dynamic.keys = [torch.randn(3, 2, 6, 8) for _ in range(2)]
+    dynamic.values = [torch.randn(3, 2, 6, 8) for _ in range(2)]
+    static = lab.StaticKVCache(tiny.config, 3, 8)
+    static.keys = [torch.randn(3, 2, 8, 8) for _ in range(2)]
+    for cache in (dynamic, static):
         before = cache.keys[0][2].clone()
         cache.batch_select_indices([2, 0])
         assert cache.keys[0].shape[0] == 2 and torch.equal(cache.keys[0][0], before)
