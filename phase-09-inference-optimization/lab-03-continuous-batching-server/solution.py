@@ -1022,16 +1022,23 @@ def _plot(rows: list[dict], path: Path) -> Path:
 
     from labkit.plots import savefig
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for mode, style in (("continuous", "o-"), ("sequential", "s--")):
-        pts = [(r["concurrency"], r["tok_s"]) for r in rows if r["mode"] == mode]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=mode)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrent clients")
-    ax.set_ylabel("aggregate completion tokens / s")
-    ax.set_title("lab 9.3: throughput vs concurrency (curriculum model, CPU)")
-    ax.legend()
-    ax.grid(alpha=0.3)
+        pts = [r for r in rows if r["mode"] == mode]
+        xs = [r["concurrency"] for r in pts]
+        ax.plot(xs, [r["tok_s"] for r in pts], style, label=mode)
+        ax2.plot(xs, [1e3 * r["server_cpu_s"] / max(1, r["tokens"]) for r in pts], style, label=mode)
+    levels = sorted({r["concurrency"] for r in rows})
+    for a, title, ylabel in ((ax, "aggregate throughput", "completion tokens / s (wall clock)"),
+                             (ax2, "server CPU per token", "server process CPU ms / token")):
+        a.set_xscale("log", base=2)
+        a.set_xticks(levels, [str(c) for c in levels])
+        a.set_xlabel("concurrent clients")
+        a.set_ylabel(ylabel)
+        a.set_title(title)
+        a.legend()
+        a.grid(alpha=0.3)
+    fig.suptitle("lab 9.3: continuous batching vs sequential serving (curriculum model, CPU)")
     return savefig(fig, path)
 
 
@@ -1058,14 +1065,17 @@ def _load_levels(spec: dict) -> list[dict]:
 
 
 def benchmark(model: torch.nn.Module, tokenizer: Any, *, concurrencies: Sequence[int] = (1, 2, 4, 8, 16),
-              n_requests: int = 16, max_tokens: int = 24) -> list[dict]:
+              n_requests: int = 16, max_tokens: int = 24, rounds: int = 2) -> list[dict]:
     """Aggregate throughput vs client concurrency through real HTTP streams, for continuous
     batching (``max_batch_size`` = the largest concurrency) at every concurrency, and for
     sequential serving (``max_batch_size=1``: one request at a time, each with its KV cache) at
     the lowest and highest (its throughput does not depend on how many clients queue up).
 
     Both servers run here (uvicorn threads); the clients run in a child process, as real clients
-    would, so they do not compete with the server for this process's interpreter lock. Every
+    would, so they do not compete with the server for this process's interpreter lock. At the
+    highest concurrency the two modes run ``rounds`` times, alternating, and the best round of
+    each is kept (on a shared machine the load changes between runs; best-of-N is the usual
+    guard, and alternating gives both modes the same chances). Every
     request streams exactly ``max_tokens`` tokens (``ignore_eos``). Returns one dict per run:
     mode, concurrency, :func:`summarize`'s metrics, wall_s, server_cpu_s (the server process's
     CPU seconds during the run) and mean_batch (running rows per engine step during the run).
@@ -1076,16 +1086,28 @@ def benchmark(model: torch.nn.Module, tokenizer: Any, *, concurrencies: Sequence
     cont = Engine(model, tokenizer, max_batch_size=max(concurrencies), max_waiting=n_requests + 8)
     seq = Engine(model, tokenizer, max_batch_size=1, max_waiting=n_requests + 8)
     with serve_in_thread(cont) as ep_c, serve_in_thread(seq) as ep_s:
-        jobs = [{"mode": "continuous", "base_url": ep_c.base_url, "concurrency": c} for c in concurrencies]
-        jobs += [{"mode": "sequential", "base_url": ep_s.base_url, "concurrency": c}
-                 for c in sorted({min(concurrencies), max(concurrencies)})]
+        top = max(concurrencies)
+        jobs = [{"mode": "continuous", "base_url": ep_c.base_url, "concurrency": c} for c in concurrencies if c != top]
+        if min(concurrencies) != top:
+            jobs.append({"mode": "sequential", "base_url": ep_s.base_url, "concurrency": min(concurrencies)})
+        for _ in range(max(1, rounds)):
+            jobs += [{"mode": "continuous", "base_url": ep_c.base_url, "concurrency": top},
+                     {"mode": "sequential", "base_url": ep_s.base_url, "concurrency": top}]
         spec = {"model": ep_c.model, "prompts": prompts, "max_tokens": max_tokens, "jobs": jobs}
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--load-test", json.dumps(spec)],
                               capture_output=True, text=True, env=env, timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"the load generator failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    best: dict[tuple[str, int], dict] = {}
+    for row in json.loads(proc.stdout.strip().splitlines()[-1]):
+        key = (row["mode"], row["concurrency"])
+        row["rounds"] = best[key]["rounds"] + 1 if key in best else 1
+        if key not in best or row["tok_s"] > best[key]["tok_s"]:
+            best[key] = row
+        else:
+            best[key]["rounds"] = row["rounds"]
+    return sorted(best.values(), key=lambda r: (r["mode"], r["concurrency"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1146,8 +1168,10 @@ def main(argv: list[str] | None = None) -> int:
     cont = next(r["tok_s"] for r in rows if r["mode"] == "continuous" and r["concurrency"] == top)
     seq = next(r["tok_s"] for r in rows if r["mode"] == "sequential" and r["concurrency"] == top)
     ratio = cont / seq
+    cpu = {r["mode"]: r["server_cpu_s"] / max(1, r["tokens"]) for r in rows if r["concurrency"] == top}
     print(f"\n[throughput] concurrency {top}: continuous {cont:.0f} tok/s vs sequential {seq:.0f} tok/s = "
-          f"{ratio:.2f}x (bar: >= 3x)")
+          f"{ratio:.2f}x (bar: >= 3x); server CPU per token {1e3 * cpu['continuous']:.2f} vs "
+          f"{1e3 * cpu['sequential']:.2f} ms = {cpu['sequential'] / cpu['continuous']:.2f}x less")
     if top >= 16 and ratio < 3:
         failures.append(f"continuous batching is only {ratio:.2f}x sequential at concurrency {top}")
     out = HERE / "outputs"
