@@ -245,7 +245,7 @@ def groupwise_dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tenso
     out, n_in = q.shape
     group_size = n_in // scale.shape[1]
     g = q.float().reshape(out, -1, group_size)
-    return ((g - zero[..., None]) * scale[..., None]).reshape(out, n_in)
+    return ((g - zero.float()[..., None]) * scale[..., None]).reshape(out, n_in)
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
@@ -745,7 +745,7 @@ def collect_linear_inputs(model: nn.Module, block: nn.Module, ids: torch.Tensor)
 
 def _int4_layer(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, lin: nn.Linear,
                 input_scale: torch.Tensor | None = None) -> QuantLinear:
-    tensors = {"q": pack_int4(q), "scale": scale, "zero": zero.to(torch.uint8).float()}
+    tensors = {"q": pack_int4(q), "scale": scale, "zero": zero.to(torch.uint8)}
     if input_scale is not None:
         tensors["input_scale"] = input_scale
     return QuantLinear("int4", lin.in_features, lin.out_features, tensors)
@@ -832,6 +832,8 @@ def model_bytes(model: nn.Module) -> int:
                 if qs.state2 is not None:
                     total += qs.state2.absmax.numel() * 4 + 4
             scb = getattr(t, "SCB", None)
+            if scb is None and getattr(mod, "state", None) is not None:
+                scb = getattr(mod.state, "SCB", None)    # bnb moves it there on the first forward
             if scb is not None:     # bnb int8: one fp32 scale per row
                 total += scb.numel() * scb.element_size()
     return total
@@ -1019,6 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
     n_new = 128 if args.full else 48
     prompt = val[None, :16]
     fp_ppl = perplexity(model, ev)
+    n_weights = sum(lin.weight.numel() for b in model.blocks for lin in _block_linears(b).values())
     table = []
     for method in METHODS:
         qm = quantize_model(model, method, calib, group_size=gs)
@@ -1026,15 +1029,18 @@ def main(argv: list[str] | None = None) -> int:
         kv.generate_cached(qm, prompt, 4)                                  # warm-up
         cpu = _cpu_seconds(lambda m=qm: kv.generate_cached(m, prompt, n_new))
         lin_bytes = sum(model_bytes(b) for b in qm.blocks)
-        table.append((method, model_bytes(qm), lin_bytes, ppl, n_new / cpu))
+        norm_bytes = sum(p.numel() * p.element_size() for b in qm.blocks for m in b.modules()
+                         if "Norm" in type(m).__name__ for p in m.parameters(recurse=False))
+        table.append((method, model_bytes(qm), lin_bytes, 8 * (lin_bytes - norm_bytes) / n_weights, ppl, n_new / cpu))
     print(f"\nThe curriculum model quantized (blocks' linears only; embedding + head fp32), perplexity on "
           f"{ev.numel() - 1:,} val.bin tokens, greedy decode of {n_new} tokens after a 16-token prompt, batch 1, "
           "1 CPU thread (tok/s by process CPU time):")
-    print("| method | model bytes | block bytes | perplexity | delta vs fp32 | decode tok/s |")
-    print("|---|---|---|---|---|---|")
-    for method, nb, lb, ppl, tps in table:
-        print(f"| {method} | {nb:,} | {lb:,} | {ppl:.3f} | {ppl - fp_ppl:+.3f} | {tps:.0f} |")
-    res = {m: (nb, lb, ppl) for m, nb, lb, ppl, _ in table}
+    print("| method | model bytes | block bytes | bits per block weight | perplexity | delta vs fp32 | "
+          "decode tok/s |")
+    print("|---|---|---|---|---|---|---|")
+    for method, nb, lb, bits, ppl, tps in table:
+        print(f"| {method} | {nb:,} | {lb:,} | {bits:.3f} | {ppl:.3f} | {ppl - fp_ppl:+.3f} | {tps:.0f} |")
+    res = {m: (nb, lb, ppl) for m, nb, lb, _, ppl, _ in table}
     if not res["gptq"][2] < res["int4-rtn"][2]:
         failures.append("GPTQ perplexity not below RTN's")
     if not abs(res["int8"][2] - fp_ppl) < 0.01 * fp_ppl:
@@ -1043,7 +1049,7 @@ def main(argv: list[str] | None = None) -> int:
         failures.append("bytes not ordered fp32 > int8 > nf4")
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for method, _, lb, ppl, _ in table:
+    for method, _, lb, _, ppl, _ in table:
         ax.scatter(lb / 1e3, ppl - fp_ppl)
         ax.annotate(method, (lb / 1e3, ppl - fp_ppl), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("transformer-block weights (kB)")
