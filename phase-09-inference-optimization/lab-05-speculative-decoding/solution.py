@@ -656,7 +656,8 @@ def main(argv: list[str] | None = None) -> int:
     for cc in (0.05, 0.0):
         axes[1].plot(range(1, 9), [expected_speedup(0.6, k, cc) for k in range(1, 9)], ":", color="grey",
                      lw=1)
-        axes[1].annotate(f"α=0.6, c={cc}", (8, expected_speedup(0.6, 8, cc)), fontsize=7, color="grey")
+        axes[1].annotate(f"formula, α=0.6, c={cc}", (8, expected_speedup(0.6, 8, cc)), fontsize=7, color="grey",
+                         ha="right", va="bottom")
     axes[0].set_xlabel("k (draft tokens per round)")
     axes[0].set_title("acceptance and tokens per target pass")
     axes[0].legend(fontsize=7)
