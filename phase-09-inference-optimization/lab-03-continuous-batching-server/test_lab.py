@@ -360,6 +360,30 @@ def test_concurrent_streams_all_complete_with_full_token_counts(lab, server):
     assert stats["ok"] == 12 and stats["tokens"] == sum(r.completion_tokens for r in results)
 
 
+def test_seed_and_stop_over_http(server):
+    """A seeded sampled request gives the same text alone and in a crowd (its own generator);
+    a stop string ends the text before it, with finish_reason "stop"."""
+    ep, _ = server
+    url = ep.base_url + "/completions"
+    seeded = {"model": ep.model, "prompt": "Lily saw a", "max_tokens": 16, "temperature": 0.9, "top_p": 0.9,
+              "seed": 1234, "ignore_eos": True}
+
+    async def go():
+        async with httpx.AsyncClient(timeout=120) as client:
+            alone = (await client.post(url, json=seeded)).json()
+            crowd = [client.post(url, json={"model": ep.model, "prompt": p, "max_tokens": 12, "temperature": 1.0})
+                     for p in PROMPTS[:6]]
+            together = await asyncio.gather(client.post(url, json=seeded), *crowd)
+            stopped = (await client.post(url, json={"model": ep.model, "prompt": "Once upon a time", "max_tokens": 40,
+                                                    "temperature": 0, "stop": [" was"]})).json()
+            return alone, together[0].json(), stopped
+
+    alone, crowded, stopped = asyncio.run(go())
+    assert alone["choices"][0]["text"] == crowded["choices"][0]["text"], \
+        "the same seed must give the same text whatever else is in the batch: sample each row with its own generator"
+    assert " was" not in stopped["choices"][0]["text"] and stopped["choices"][0]["finish_reason"] == "stop", stopped
+
+
 def test_summarize_percentiles_match_numpy(lab):
     rng = np.random.default_rng(0)
     results = []
