@@ -815,7 +815,7 @@ def _cpu_seconds(fn: Any) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--full", action="store_true", help="all of val.bin, 128 calibration windows, 128 new tokens")
+    ap.add_argument("--full", action="store_true", help="65,536 val.bin tokens, 128 calibration windows, 128 new tokens")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--group-size", type=int, default=32)
     args = ap.parse_args(argv)
@@ -925,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
         failures.append("GPTQ not below RTN on every layer")
 
     # 3. the model table ---------------------------------------------------------------------------
-    ev = val if args.full else val[: 16 * 256 + 1]
+    ev = val[: (256 if args.full else 16) * 256 + 1]
     n_new = 128 if args.full else 32
     prompt = val[None, :16]
     fp_ppl = perplexity(model, ev)
