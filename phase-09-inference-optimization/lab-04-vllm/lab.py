@@ -47,7 +47,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -560,10 +560,13 @@ class VLLMConfig:
     max_num_seqs: int = 64
     max_model_len: int = 256
     gpu_memory_utilization: float = 0.5
-    dtype: str = "float32"
+    dtype: str = "bfloat16"   # FlashAttention has no fp32 kernels; vLLM would downcast an fp32 model anyway
     block_size: int = 16
     enable_prefix_caching: bool = True
     extra: tuple[str, ...] = field(default_factory=tuple)
+
+
+CACHE_DTYPE_BYTES = {"float32": 4, "float16": 2, "half": 2, "bfloat16": 2}
 
 
 def vllm_executable() -> str | None:
@@ -578,7 +581,7 @@ def vllm_serve_command(model: str | Path, cfg: VLLMConfig, *, port: int, served_
     cmd = [vllm_bin, "serve", str(model), "--served-model-name", served_name, "--host", "127.0.0.1",
            "--port", str(port), "--max-num-seqs", str(cfg.max_num_seqs), "--max-model-len", str(cfg.max_model_len),
            "--gpu-memory-utilization", str(cfg.gpu_memory_utilization), "--dtype", cfg.dtype,
-           "--block-size", str(cfg.block_size), "--disable-log-requests"]
+           "--block-size", str(cfg.block_size)]
     cmd.append("--enable-prefix-caching" if cfg.enable_prefix_caching else "--no-enable-prefix-caching")
     return cmd + list(cfg.extra)
 
@@ -601,7 +604,9 @@ def launch_vllm(model: str | Path, cfg: VLLMConfig, *, log_path: Path, served_na
         raise RuntimeError("vLLM not found: build its environment (README: 'The vLLM environment') or set VLLM_BIN")
     port = _free_port()
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    env = dict(os.environ)
+    if Path(model).exists():          # a local export: never reach for the hub
+        env["HF_HUB_OFFLINE"] = "1"
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(vllm_serve_command(model, cfg, port=port, served_name=served_name, vllm_bin=exe),
                                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -667,7 +672,8 @@ def tune_vllm(model: str | Path, grid: Sequence[VLLMConfig], prompts: Sequence[s
         row.update(parse_vllm_startup_log(text), max_num_seqs=cfg.max_num_seqs, max_model_len=cfg.max_model_len,
                    gpu_memory_utilization=cfg.gpu_memory_utilization)
         if spec is not None:
-            row["calculator"] = check_calculator_against_log(text, spec, cfg.block_size)
+            sized = replace(spec, dtype_bytes=CACHE_DTYPE_BYTES.get(cfg.dtype, spec.dtype_bytes))
+            row["calculator"] = check_calculator_against_log(text, sized, cfg.block_size)
         rows.append(row)
         print(f"  vLLM seqs={cfg.max_num_seqs:>4} len={cfg.max_model_len:>5} util={cfg.gpu_memory_utilization:.2f}: "
               f"{row['tok_s']:.0f} tok/s, TTFT p50 {row['ttft_p50']:.1f} ms p99 {row['ttft_p99']:.1f} ms, "
@@ -695,7 +701,8 @@ def _plot_fragmentation(p: np.ndarray, o: np.ndarray, frag: dict, path: Path) ->
     a.set(xlabel="tokens (curriculum tokenizer)", ylabel="requests", title="AlpacaEval lengths (805 requests)")
     a.legend()
     names = list(frag)
-    b.bar(names, [100 * frag[s]["waste"] for s in names], color=["tab:red", "tab:orange", "tab:green"])
+    b.bar([s.replace("-max", "\nmax") for s in names], [100 * frag[s]["waste"] for s in names],
+          color=["tab:red", "tab:orange", "tab:green"])
     for i, s in enumerate(names):
         b.text(i, 100 * frag[s]["waste"] + 1, f"{frag[s]['waste']:.1%}", ha="center")
     b.set(ylabel="reserved KV slots holding no token (%)", title="KV waste over every decode step", ylim=(0, 105))
@@ -793,6 +800,17 @@ def main(argv: list[str] | None = None) -> int:
         failures.append("Llama-3-8B KV bytes per token != 128 KiB")
     print("  (non-KV GiB is an input: vLLM measures it at startup; 6.5 ~ 8B AWQ-INT4 weights + activations, "
           "17 ~ bf16 weights + activations)")
+
+    # 4. the load generator (lab 9.3's) against lab 9.3's server: the CPU row of the comparison table
+    t1 = time.perf_counter()
+    prompts = [STORY_STARTS[i % len(STORY_STARTS)] for i in range(16)]
+    row = run_lab03_load(prompts, concurrency=8, max_tokens=16)
+    print(f"\n[load test] lab 9.3 server (CPU, 1 torch thread), 16 requests, concurrency 8, 16 tokens each: "
+          f"{row['ok']} ok, {row['tok_s']:.0f} tok/s, TTFT p50 {row['ttft_p50']:.0f} ms p99 {row['ttft_p99']:.0f} ms, "
+          f"ITL p50 {row['itl_p50']:.1f} ms ({time.perf_counter() - t1:.1f} s)")
+    if row["ok"] != 16 or row["tokens"] != 16 * 16:
+        failures.append("the lab 9.3 load test lost requests or tokens")
+    (out / "lab03_load.json").write_text(json.dumps(row, indent=2), encoding="utf-8")
     print(f"\nCPU part done in {time.perf_counter() - t0:.1f} s wall")
 
     if args.vllm:

@@ -418,8 +418,8 @@ def test_vllm_serves_the_curriculum_model_and_matches_the_calculator(lab, tmp_pa
     if lab.vllm_executable() is None:
         pytest.skip("vLLM's environment is not built (README: 'The vLLM environment'), or set VLLM_BIN")
     model = curriculum_model_path("main") / "hf"
-    spec = lab.ModelKVSpec.from_hf_config(model)
-    cfg = lab.VLLMConfig(max_num_seqs=32, max_model_len=256, gpu_memory_utilization=0.3)
+    cfg = lab.VLLMConfig(max_num_seqs=32, max_model_len=256, gpu_memory_utilization=0.3)   # bf16 KV cache
+    spec = lab.ModelKVSpec.from_hf_config(model, dtype_bytes=2)
     prompts = [lab.STORY_STARTS[i % len(lab.STORY_STARTS)] for i in range(32)]
     with lab.launch_vllm(model, cfg, log_path=tmp_path / "vllm.log") as (url, log):
         row = lab.load_test(url, "curriculum-main", prompts, concurrency=16, max_tokens=32)
