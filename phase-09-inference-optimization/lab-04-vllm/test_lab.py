@@ -406,6 +406,54 @@ def test_scheduler_summary_is_about_200_words_and_cites_sources():
 
 
 # ---------------------------------------------------------------------------------------------
+# the GPU harness, exercised on CPU against a stand-in `vllm` executable
+# ---------------------------------------------------------------------------------------------
+
+FAKE_VLLM = """#!{python}
+# A stand-in for `vllm serve MODEL --port P ...`: prints vLLM's KV-sizing log lines for a pretend
+# 1.00 GiB of KV memory, then serves lab 9.3's OpenAI-compatible server (plus vLLM's /health).
+import argparse
+import uvicorn
+from labkit import load_lab
+
+p = argparse.ArgumentParser()
+p.add_argument("cmd"); p.add_argument("model"); p.add_argument("--port", type=int)
+p.add_argument("--served-model-name"); p.add_argument("--block-size", type=int)
+a, _ = p.parse_known_args()
+assert a.cmd == "serve"
+blocks = (1 << 30) // 4096 // 4
+print("INFO 12-02 00:00:00 [gpu_worker.py:1] Available KV cache memory: 1.00 GiB", flush=True)
+print(f"INFO 12-02 00:00:00 [kv_cache_utils.py:1] GPU KV cache size: {{blocks * a.block_size:,}} tokens", flush=True)
+lab3 = load_lab("phase-09-inference-optimization/lab-03-continuous-batching-server")
+model, tok = lab3.load_served_model("main")
+app = lab3.create_app(lab3.Engine(model, tok, max_batch_size=8), a.served_model_name)
+app.add_api_route("/health", lambda: {{}})
+uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning")
+"""
+
+
+@pytest.mark.given
+def test_vllm_harness_against_a_stand_in_server(lab, tmp_path, monkeypatch):
+    import sys
+
+    from labkit import curriculum_model_path
+
+    exe = tmp_path / "vllm"
+    exe.write_text(FAKE_VLLM.format(python=sys.executable), encoding="utf-8")
+    exe.chmod(0o755)
+    monkeypatch.setenv("VLLM_BIN", str(exe))
+    model = curriculum_model_path("main") / "hf"
+    spec = lab.ModelKVSpec.from_hf_config(model)          # fp32 on disk; the config below serves bf16
+    prompts = lab.STORY_STARTS[:4]
+    rows = lab.tune_vllm(model, [lab.VLLMConfig(max_num_seqs=4)], prompts, concurrency=2, max_tokens=8,
+                         out_dir=tmp_path, spec=spec)
+    (row,) = rows
+    assert row["ok"] == 4 and row["tokens"] == 32, row
+    assert row["kv_tokens"] == (1 << 30) // 4096 // 4 * 16
+    assert row["calculator"]["ok"], row["calculator"]
+
+
+# ---------------------------------------------------------------------------------------------
 # GPU: a real vllm serve (skipped on CPU machines and where vLLM's environment is missing)
 # ---------------------------------------------------------------------------------------------
 
