@@ -607,10 +607,14 @@ def _free_port() -> int:
 
 
 def launch(out_dir: str | os.PathLike, cfg: RunConfig, modes: Sequence[str] = MODES, *, nproc: int = 2,
-           n_chars: int = 60_000, timeout: float = 180.0, script: str | os.PathLike | None = None) -> list[dict]:
+           n_chars: int = 60_000, timeout: float = 180.0, script: str | os.PathLike | None = None,
+           strict: bool = True) -> list[dict]:
     """Run ``torchrun --standalone --nproc_per_node=nproc <script> --worker ...`` and return every
     rank's results (``[rank0, rank1, ...]``). ``script`` defaults to this file (tests pass the
     module under test, so lab.py runs its own code).
+
+    A mode that hit a TODO is recorded as ``{"error": "TODO(k)"}``; with ``strict`` the first one
+    is re-raised instead.
 
     Raises:
         NotImplementedError: a rank hit a TODO (re-raised with its ``TODO(k)`` text).
@@ -636,7 +640,7 @@ def launch(out_dir: str | os.PathLike, cfg: RunConfig, modes: Sequence[str] = MO
     if proc.returncode != 0:
         raise RuntimeError(f"torchrun exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
     results = [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
-    for res in results:
+    for res in results if strict else []:
         for mode in modes:
             if "error" in res.get(mode, {}):
                 raise NotImplementedError(res[mode]["error"])
@@ -719,13 +723,17 @@ def selftest(args: argparse.Namespace) -> int:
                   + " |")
     from labkit.plots import plt, savefig
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     steps = range(1, cfg.steps + 1)
-    ax.plot(steps, single["losses"], lw=3, alpha=0.4, color="k", label="single process, full batch")
-    for m, style in zip(("ours", "torch_ddp", "zero1", "fsdp2"), ("-", "--", ":", "-.")):
+    ax.plot(steps, single["losses"], lw=4, alpha=0.3, color="k", label="single process, full batch")
+    for m, style in zip(MODES, ("-", "--", ":", "-.")):
         ax.plot(steps, r0[m]["losses"], style, label=m)
+        diff = [max(abs(a - b), 1e-12) for a, b in zip(r0[m]["losses"], single["losses"])]
+        ax2.semilogy(steps, diff, style, label=m)
     ax.set(xlabel="step", ylabel="train loss (nats/char)", title="2 ranks (gloo, CPU) vs one process")
+    ax2.set(xlabel="step", ylabel="|loss - single| (floor 1e-12)", title="difference from the single process")
     ax.legend()
+    ax2.legend()
     print(f"\nloss curves: {savefig(fig, HERE / 'figures' / 'loss_curves.png')}")
     print(f"self-test wall {time.perf_counter() - t0:.1f} s, CPU {_cpu_seconds() - c0:.1f} s "
           "(this process + torchrun's ranks)")
@@ -743,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="{}", help=argparse.SUPPRESS)
     ap.add_argument("--backend", default="auto", choices=("auto", "gloo", "nccl"), help=argparse.SUPPRESS)
     ap.add_argument("--n-chars", type=int, default=60_000, help="characters of TinyStories to sample batches from")
-    ap.add_argument("--steps", type=int, default=30, help="training steps of the self-test runs")
+    ap.add_argument("--steps", type=int, default=20, help="training steps of the self-test runs")
     args = ap.parse_args(argv)
     if args.worker:
         return _worker(args)
