@@ -497,8 +497,9 @@ def ks_two_sample(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]
     D = max over t of |F_x(t) - F_y(t)|, the largest gap between the two empirical CDFs
     (evaluate both at every observed value: ``np.searchsorted(sorted, values, side='right')``).
     p = Q_KS(sqrt(n m / (n + m)) * D), Kolmogorov's limiting distribution
-    (``scipy.special.kolmogorov``). Matches ``scipy.stats.ks_2samp(x, y, method='asymp')``'s
-    statistic exactly and its p-value closely. Reference: Smirnov (1939).
+    (``scipy.special.kolmogorov``). D equals ``scipy.stats.ks_2samp``'s statistic exactly; the
+    p-value is the large-sample limit (scipy's ``method='asymp'`` uses the finite-n distribution
+    ``kstwo`` at n = round(nm/(n+m)), a little smaller for small samples). Reference: Smirnov (1939).
 
     Raises:
         ValueError: an empty sample or a NaN/inf value.
