@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import bz2
 import dataclasses
-import gzip
 import hashlib
 import io
 import json

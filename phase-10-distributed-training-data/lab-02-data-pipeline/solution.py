@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import bz2
 import dataclasses
-import gzip
 import hashlib
 import io
 import json
