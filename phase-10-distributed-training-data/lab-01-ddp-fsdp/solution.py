@@ -751,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default=",".join(MODES), help=argparse.SUPPRESS)
     ap.add_argument("--config", default="{}", help=argparse.SUPPRESS)
     ap.add_argument("--n-chars", type=int, default=60_000, help="characters of TinyStories to sample batches from")
-    ap.add_argument("--steps", type=int, default=20, help="training steps of the self-test runs")
+    ap.add_argument("--steps", type=int, default=12, help="training steps of the self-test runs")
     args = ap.parse_args(argv)
     if args.worker:
         return _worker(args)
