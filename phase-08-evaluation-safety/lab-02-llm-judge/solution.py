@@ -756,7 +756,8 @@ def real_judge_report() -> dict[str, Any]:
 def curriculum_judge_run(client: Any, model: str, n_pairs: int = 3, max_tokens: int = 6) -> dict[str, Any]:
     """A tiny swap-position run with the curriculum model as judge, on real vicuna answers (bard vs
     vicuna, truncated to fit a 256-token context, MT-Bench ``pair-v2`` user template with a short
-    system prompt). Returns the verdicts and :func:`position_bias_stats` of them."""
+    system prompt), plus one single-answer grading with a compact copy of ``single-v1``. Returns the
+    verdicts, :func:`position_bias_stats` of them and the rating."""
     qs = {q["question_id"]: q["text"] for q in _read_jsonl("vicuna-judgments", "question.jsonl")}
     ans = {m: {r["question_id"]: r["text"] for r in _read_jsonl("vicuna-judgments", f"answer/answer_{m}.jsonl")}
            for m in ("bard", VICUNA)}
@@ -768,9 +769,35 @@ def curriculum_judge_run(client: Any, model: str, n_pairs: int = 3, max_tokens: 
         pairs.append((sj.first.verdict, sj.second.verdict))
         runs.append({"question_id": qid, "first": sj.first.verdict, "second": sj.second.verdict, "final": sj.final,
                      "raw_first": sj.first.raw, "error": sj.first.error or sj.second.error})
-    single = judge.single(qs[1][:100], ans["bard"][1])
+    # single-v1 keeps its ~100-word instruction in the USER turn: too long here, so a compact copy
+    compact_single = {"name": "single-compact", "system_prompt": "Rate the answer from 1 to 10. Reply Rating: [[x]].",
+                      "prompt_template": "[Question]" + judge.single_template["prompt_template"].split("[Question]", 1)[1]}
+    single = Judge(client, model, single_template=compact_single, pair_template=judge.pair_template,
+                   max_tokens=max_tokens, max_answer_chars=80).single(qs[1][:100], ans["bard"][1])
+    judge.calls += 1
     return {"runs": runs, "stats": position_bias_stats(pairs), "calls": judge.calls,
             "single_rating": single.rating, "single_raw": single.raw}
+
+
+def judge_vicuna_answers(judge: Judge, n_questions: int = 30, opponents: Sequence[str] = ("bard", "gpt35")
+                         ) -> tuple[list[Battle], dict[str, float]]:
+    """Full mode: swap-position judging of the mirror's real vicuna-evaluation answers by ``judge``
+    (e.g. a strong model behind ``--base-url``): each opponent against vicuna on the first
+    ``n_questions`` questions, both orders. Returns the battles (swap-combined verdicts) and
+    :func:`position_bias_stats` over all of them — the position consistency the one-order
+    FastChat reviews cannot give."""
+    qs = {q["question_id"]: q["text"] for q in _read_jsonl("vicuna-judgments", "question.jsonl")}
+    ans = {m: {r["question_id"]: r["text"] for r in _read_jsonl("vicuna-judgments", f"answer/answer_{m}.jsonl")}
+           for m in (*opponents, VICUNA)}
+    battles, pairs = [], []
+    for opp in opponents:
+        for qid in sorted(qs)[:n_questions]:
+            sj = judge.pairwise_swap(qs[qid], ans[opp][qid], ans[VICUNA][qid])
+            pairs.append((sj.first.verdict, sj.second.verdict))
+            winner = {"A": "model_a", "B": "model_b"}.get(sj.final, sj.final)
+            battles.append(Battle(opp, VICUNA, winner, question_id=qid, len_a=max(1, len(ans[opp][qid])),
+                                  len_b=max(1, len(ans[VICUNA][qid]))))
+    return battles, position_bias_stats(pairs)
 
 
 def plot_ratings(ratings: dict[str, dict[str, float]], cis: dict[str, dict[str, tuple[float, float]]],
@@ -785,7 +812,7 @@ def plot_ratings(ratings: dict[str, dict[str, float]], cis: dict[str, dict[str, 
 
     methods = list(ratings)
     models = sorted(ratings[methods[0]], key=lambda m: ratings[methods[0]][m])
-    fig, ax = plt.subplots(figsize=(7, 0.6 * len(models) + 1.5))
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(models) + 1.5))
     for k, meth in enumerate(methods):
         ys = np.arange(len(models)) + (k - (len(methods) - 1) / 2) * 0.25
         xs = np.array([ratings[meth][m] for m in models])
@@ -913,9 +940,18 @@ def selftest(args: argparse.Namespace) -> int:
     check(order(bt)[:3] == ["gpt35", VICUNA, "bard"], "BT on GPT-4's verdicts: gpt35 > vicuna > bard > the rest")
     fig = plot_ratings({"Bradley-Terry": bt, "Elo (k=4)": elo}, {"Bradley-Terry": ci_bt, "Elo (k=4)": ci_elo},
                        HERE / "figures" / "ratings.png",
-                       f"GPT-4-judged vicuna battles ({len(gpt4)} battles, {nb} bootstrap resamples)")
+                       f"GPT-4 verdicts: {len(gpt4)} battles, {nb} bootstrap resamples")
     print(f"  wrote {fig}")
 
+    if args.base_url:
+        import openai
+
+        print(f"== 2b. your judge at {args.base_url} ({args.model}) on the vicuna answers, both orders")
+        client = openai.OpenAI(base_url=args.base_url, api_key=os.environ.get(args.api_key_env, "none"))
+        battles, st = judge_vicuna_answers(Judge(client, args.model), n_questions=args.n_questions)
+        print(f"  consistency {st['consistency']:.3f}, first-position win rate {st['first_position_win_rate']:.3f}, "
+              f"error rate {st['error_rate']:.3f} over {int(st['n'])} pairs")
+        print(f"  verdicts {dict(Counter(b.winner for b in battles))}")
     if not args.no_llm:
         print("== 3. the curriculum model as judge (labkit.llm_server; expect it to fail at judging)")
         from labkit.llm_server import serve_in_thread
@@ -941,7 +977,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="bigger simulation and more bootstrap resamples")
     ap.add_argument("--no-llm", action="store_true", help="skip the curriculum-model judge run")
-    ap.add_argument("--llm-pairs", type=int, default=3, help="pairs the curriculum model judges (2 calls each)")
+    ap.add_argument("--llm-pairs", type=int, default=2, help="pairs the curriculum model judges (2 calls each)")
+    ap.add_argument("--base-url", default=None, help="also judge with this OpenAI-compatible endpoint (full mode)")
+    ap.add_argument("--model", default="gpt-4o", help="judge model name at --base-url")
+    ap.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    ap.add_argument("--n-questions", type=int, default=30, help="vicuna questions per opponent at --base-url")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return selftest(args)

@@ -137,7 +137,7 @@ def test_fit_logistic_matches_sklearn(lab):
     ref.fit(X, y, sample_weight=w)
     np.testing.assert_allclose(ours, ref.coef_[0], atol=1e-5, err_msg=(
         "fit_logistic differs from sklearn's unregularised MLE: check the gradient X^T (w (y - p)) and the "
-        "Hessian X^T diag(w p (1 - p)) X — did you forget the sample weights in one of them?"))
+        "Hessian X^T diag(w p (1 - p)) X — did you forget the sample weights in the gradient (the fixed point)?"))
 
 
 def test_bradley_terry_equals_sklearn_mle_on_real_battles(lab, gpt4_battles):
@@ -363,3 +363,11 @@ def test_curriculum_model_as_judge(lab, llm_endpoint):
     assert r["first"] == lab.parse_pairwise_verdict(r["raw_first"]) or r["error"]
     assert r["final"] in lab.SWAP_VERDICTS and run["calls"] == 3
     assert 0.0 <= run["stats"]["error_rate"] <= 1.0
+
+
+def test_full_mode_judging_of_real_answers_with_scripted_judge(lab):
+    # a judge that always prefers the first slot: every pair must come out "inconsistent"
+    client = _ScriptedClient(["[[A]]"] * 4)
+    battles, st = lab.judge_vicuna_answers(lab.Judge(client, model="m"), n_questions=2, opponents=("bard",))
+    assert [b.winner for b in battles] == ["inconsistent", "inconsistent"]
+    assert st["consistency"] == 0.0 and st["first_position_win_rate"] == 1.0
