@@ -882,6 +882,7 @@ def metric_names_in(expr: str) -> set[str]:
 # 6. Self-test
 # ---------------------------------------------------------------------------------------------
 
+CANARY_THRESHOLD = 0.1  # alerts.yml: llm_canary_score < 0.1
 BAD_SCALE = 1.0        # noise std as a fraction of each weight tensor's std: the "bad deploy"
 
 
@@ -903,12 +904,43 @@ def _span_tree(spans: Sequence[Any]) -> list[str]:
     return lines
 
 
+def _plot(spans: Sequence[Any], scores: dict[str, float], threshold: float, path: Path) -> Path:
+    """Left: the burst's traces as a waterfall (queue / prefill / decode per request); right: the
+    canary score of each model against the alert threshold."""
+    import matplotlib.pyplot as plt
+
+    from labkit.plots import savefig
+
+    roots = sorted((s for s in spans if s.name == "llm.request"), key=lambda s: s.start_time)
+    t0 = min(s.start_time for s in roots)
+    colors = {"llm.queue": "#bbbbbb", "llm.prefill": "#d62728", "llm.decode": "#1f77b4"}
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2, 1]})
+    for row, root in enumerate(roots):
+        for c in spans:
+            if c.parent is not None and c.parent.span_id == root.context.span_id:
+                ax.barh(row, (c.end_time - c.start_time) / 1e6, left=(c.start_time - t0) / 1e6,
+                        color=colors[c.name], label=c.name.removeprefix("llm.") if row == 0 else None)
+    ax.set_xlabel("ms since the first request arrived")
+    ax.set_ylabel("request")
+    ax.set_title("one burst as OpenTelemetry spans")
+    ax.legend(loc="lower right")
+    names = list(scores)
+    ax2.bar(names, [scores[n] for n in names], color=["#2ca02c", "#d62728"][:len(names)])
+    ax2.axhline(threshold, color="k", linestyle="--", label=f"alert: score < {threshold}")
+    ax2.set_ylabel("llm_canary_score")
+    ax2.set_title("canary: released vs perturbed model")
+    ax2.legend()
+    fig.tight_layout()
+    return savefig(fig, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--serve", action="store_true", help="serve on --host/--port instead of the self-test")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--trace", choices=["none", "console"], default="none", help="span exporter for --serve")
+    parser.add_argument("--trace", choices=["none", "console", "otlp"], default="none",
+                        help="span exporter for --serve (otlp needs opentelemetry-exporter-otlp and a collector)")
     parser.add_argument("--full", action="store_true", help="a bigger canary set and burst")
     parser.add_argument("--write-dashboard", action="store_true", help="(re)write dashboard.json and exit")
     args = parser.parse_args(argv)
@@ -930,6 +962,11 @@ def main(argv: list[str] | None = None) -> int:
         provider = TracerProvider()
         if args.trace == "console":
             provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+        elif args.trace == "otlp":  # an OpenTelemetry Collector / Jaeger / Tempo on localhost:4317
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         engine = ObservedEngine(model, tokenizer, tracer_provider=provider)
         print(f"serving 'curriculum-main' at http://{args.host}:{args.port}/v1 (metrics: /metrics)", flush=True)
         uvicorn.run(create_observed_app(engine), host=args.host, port=args.port, log_level="info")
@@ -951,6 +988,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = ObservedEngine(model, tokenizer, tracer_provider=provider, max_batch_size=16)
     with serve_observed(engine) as ep:
         results, wall = _burst(ep, n_burst, burst_tokens)
+        spans = exporter.get_finished_spans()      # the burst's spans (the canary below adds its own)
         import httpx
         bad_codes = [httpx.post(ep.base_url + "/completions", json=b, timeout=30).status_code for b in
                      ({"model": ep.model, "prompt": "Hi", "max_tokens": -1},
@@ -984,9 +1022,11 @@ def main(argv: list[str] | None = None) -> int:
     tpot_sum, tpot_n = m["llm_time_per_output_token_seconds_sum"], m["llm_time_per_output_token_seconds_count"]
     print(f"mean TTFT {1e3 * ttft_sum / ttft_n:.1f} ms, mean TPOT {1e3 * tpot_sum / tpot_n:.1f} ms "
           f"(server side; prompt tokens counted: {m['llm_prompt_tokens_total']:.0f})")
-    spans = exporter.get_finished_spans()
     roots = [s for s in spans if s.name == "llm.request"]
-    print(f"[traces] {len(spans)} spans, {len(roots)} request roots; one request's tree:")
+    print(f"[traces] burst: {len(spans)} spans, {len(roots)} request roots; the first request's tree:")
+    roots.sort(key=lambda s: s.start_time)
+    if len(roots) != n_burst or len(spans) != 4 * n_burst:
+        failures.append(f"expected {n_burst} request spans with 3 children each, got {len(spans)} spans")
     for line in _span_tree([s for s in spans if s.context.trace_id == roots[0].context.trace_id]):
         print("  " + line)
 
@@ -1003,8 +1043,8 @@ def main(argv: list[str] | None = None) -> int:
         words = np.mean([len(t.split()) for t in r["window"]["responses"]])
         print(f"{name:<22} {r['score']:>12.3f} {r['nll']:>9.3f} {r['accuracy']:>13.3f} {d['response_length'].p_value:>14.4f} "
               f"{d['response_embedding'].p_value:>12.4f} {words:>16.1f}")
-    if not bad["score"] < 0.1 < good["score"]:
-        failures.append("the canary threshold 0.1 does not separate the good model from the perturbed one")
+    if not bad["score"] < CANARY_THRESHOLD < good["score"]:
+        failures.append(f"the canary threshold {CANARY_THRESHOLD} does not separate the good model from the perturbed one")
 
     # 3. the alert rules under Prometheus' rule engine: good for 15 min, then the bad model
     series = {}
@@ -1027,6 +1067,7 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(f"promtool test rules failed:\n{text}")
     else:
         print("\n[promtool] not installed (apt-get install prometheus): rule test skipped")
+    print(f"figure: {_plot(spans, {'good': good['score'], 'bad': bad['score']}, CANARY_THRESHOLD, HERE / 'figures' / 'traces_and_canary.png')}")
     if json.loads(DASHBOARD_FILE.read_text(encoding="utf-8")) != grafana_dashboard():
         failures.append("dashboard.json is out of date: python solution.py --write-dashboard")
     print(f"\nself-test wall time {time.perf_counter() - t_start:.1f} s")
