@@ -152,6 +152,10 @@ def test_minhash_estimates_jaccard_like_datasketch(lab):
     sig = lab.minhash_signature(lab.shingles("one two three four five six", 5), 128, 1)
     assert len(set(sig.tolist())) > 100, "the num_perm hash functions must differ (broadcast a and b per column)"
     assert np.all(sig <= np.uint64(2**32 - 1)), "mask hash values to 32 bits, as datasketch"
+    a_set, b_set = {"red fox"}, {"blue whale"}
+    union = lab.minhash_signature(a_set | b_set, 128, 1)
+    assert np.array_equal(union, np.minimum(lab.minhash_signature(a_set, 128, 1), lab.minhash_signature(b_set, 128, 1))), \
+        "sig(A | B) must equal the element-wise MINIMUM of sig(A) and sig(B): take the min over shingles"
 
 
 def test_lsh_banding_equals_datasketch(lab):
@@ -246,6 +250,32 @@ def test_manifest_matches_recount(lab, serial_run):
     arr = lab.encode_documents(["Tom ran.", "Sue sat."], tok)
     assert arr.dtype == np.uint16
     assert arr.tolist() == tok.encode_ordinary("Tom ran.") + [0] + tok.encode_ordinary("Sue sat.") + [0]
+
+
+def test_run_stage_shard_is_idempotent_and_marker_last(lab, tmp_path, monkeypatch):
+    calls, written = [], []
+    real_write = lab._atomic_write
+
+    def spy(path, data):
+        written.append(Path(path).name)
+        real_write(path, data)
+
+    monkeypatch.setattr(lab, "_atomic_write", spy)
+
+    def compute():
+        calls.append(1)
+        return {"s0.jsonl": b"{}\n", "s0.extra": b"x"}, {"docs_in": 1, "docs_out": 1}
+
+    st = lab.run_stage_shard(tmp_path, "quality", "s0", "hashA", compute)
+    assert st["resumed"] is False and len(calls) == 1
+    assert (tmp_path / "quality" / "s0.jsonl").read_bytes() == b"{}\n", "write every file compute() returns"
+    assert written[-1] == "s0.done.json", (f"write order {written}: the marker must be written LAST, after "
+                                           "every output, or a kill in between leaves a 'done' stage with no data")
+    st = lab.run_stage_shard(tmp_path, "quality", "s0", "hashA", compute)
+    assert st["resumed"] is True and len(calls) == 1, "same config hash: skip the work and return the saved stats"
+    assert st["docs_out"] == 1
+    st = lab.run_stage_shard(tmp_path, "quality", "s0", "hashB", compute)
+    assert st["resumed"] is False and len(calls) == 2, "a marker with another config hash is stale: recompute"
 
 
 def test_rerun_is_a_no_op(lab, corpus, serial_run):
