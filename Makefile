@@ -25,6 +25,7 @@ phase_dir = $(wildcard phase-$(shell printf %02d $(1))-*)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test selftest check run diff progress figures bench labs labs-check lint doctor clean need-lab model \
+        test-system-design system-design \
         $(foreach n,1 2 3 4 5 6 7 8 9 10 11,test-phase-$(n) selftest-phase-$(n))
 
 help: ## list the targets
@@ -73,8 +74,15 @@ bench: $(STAMP) ## run self-tests (LAB=… for one) and keep their printed table
 labs: $(STAMP) ## regenerate every lab.py from its solution.py (and requirements.txt)
 	$(PY) -m labkit.labgen
 
-labs-check: $(STAMP) ## fail when a committed lab.py or requirements.txt is out of date
+labs-check: $(STAMP) ## fail when a committed lab.py, requirements.txt or system-design walkthrough is out of date
 	$(PY) -m labkit.labgen --check
+	cd system-design && $(abspath $(PY)) -m capacity.render --check
+
+test-system-design: $(STAMP) ## the capacity calculators' tests and the walkthroughs' freshness check
+	$(PYTEST) -m "not gpu" system-design
+
+system-design: $(STAMP) ## re-render system-design/*.md from templates/ and capacity/
+	cd system-design && $(abspath $(PY)) -m capacity.render
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check .
