@@ -6,8 +6,8 @@ loss at the same world size, within 1e-5 at another world size), the generators'
 (marker / latest / retention), and a rank killed with ``os._exit`` inside a DCP save.
 
 The multi-process tests share ONE set of launches (module fixture): torchrun with 2 ranks
-(uninterrupted run + in-process resume; a second config without dropout), torchrun with 2
-ranks whose rank 1 dies mid-save, and torchrun with 1 rank resuming that killed run.
+(uninterrupted run + in-process resume; a second config without dropout; then a run whose rank 1
+dies mid-save, which ends the launch), and torchrun with 1 rank resuming that killed run.
 """
 from __future__ import annotations
 
@@ -234,9 +234,12 @@ def runs(lab, tmp_path_factory):
 
 
 def _require(runs, key):
+    """The JSON a launch wrote. The scenario launch ends with the planted crash, so only the
+    resume launch must also exit 0."""
     rc = runs[f"{key}_rc"]
-    assert rc == 0 and key in runs, (f"the torchrun launch '{key}' failed (exit {rc}); last lines:\n"
-                                     + runs[f"{key}_log"][-3000:])
+    assert key in runs and (key == "scenario" or rc == 0), (
+        f"the torchrun launch '{key}' failed (exit {rc}) before writing its results; last lines:\n"
+        + runs[f"{key}_log"][-3000:])
     return runs[key]
 
 
@@ -262,8 +265,10 @@ def test_retention_keeps_last_best_and_final(runs):
 
 
 def test_killed_rank_mid_save_leaves_previous_checkpoint(runs):
-    assert runs["crash_rc"] != 0 and "fault injection" in runs["crash_log"], (
-        "the crash run should die inside the step-6 save (rank 1 calls os._exit); log:\n" + runs["crash_log"][-2000:])
+    _require(runs, "scenario")
+    assert runs["scenario_rc"] != 0 and "fault injection" in runs["scenario_log"], (
+        "the crash run should die inside the step-6 save (rank 1 calls os._exit); log:\n"
+        + runs["scenario_log"][-2000:])
     rs = _require(runs, "resume")
     assert rs["resumed_from"] == 4, (f"after rank 1 died inside the step-6 save, the newest COMPLETE "
                                      f"checkpoint is step 4, but the manager resumed from {rs['resumed_from']}: "
