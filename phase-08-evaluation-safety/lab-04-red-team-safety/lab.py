@@ -592,7 +592,7 @@ def attack_success_rate(refused: Sequence[bool], blocked: Sequence[bool] | None 
 
 # ============================================================================ 8. the red-team run
 def _truncate(tokenizer, text: str, max_tokens: int) -> str:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # long texts are cut below
     return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
 
 
