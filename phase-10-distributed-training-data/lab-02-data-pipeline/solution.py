@@ -26,7 +26,7 @@ with the same config does no work.
 The engine is Dask (``dask.delayed`` graph; the local ``processes`` scheduler by default, or a
 ``distributed`` cluster given ``--scheduler tcp://host:8786``).
 
-Run: ``python solution.py`` (small mode: about 330 documents in 5 WARC files plus the mirror's
+Run: ``python solution.py`` (small mode: 260 planted pages in 4 WARC files and 1 WET file plus the mirror's
 warcio samples; CPU; well under a minute).
 """
 from __future__ import annotations
@@ -1029,8 +1029,18 @@ def planted_documents(n_clean: int = 180, seed: int = 0, eval_max_items: int | N
     return docs
 
 
-def write_warc(path: str | os.PathLike, docs: Sequence[dict]) -> Path:
-    """Write ``docs`` as gzip-compressed WARC ``response`` records (with HTTP headers), deterministically:
+def wet_text(doc: dict) -> str:
+    """What Common Crawl's WET extractor would keep of a planted page: every visible line, boilerplate
+    (navigation, banners, footer) included."""
+    lines = [doc["url"], "Home About Blog", *doc["paragraphs"]]
+    if doc["boiler"]:
+        lines += BOILERPLATE
+    return "\n".join(lines + ["Contact us | Sitemap | Careers"])
+
+
+def write_warc(path: str | os.PathLike, docs: Sequence[dict], wet: bool = False) -> Path:
+    """Write ``docs`` as gzip-compressed WARC ``response`` records (with HTTP headers), or, with
+    ``wet=True``, as WET ``conversion`` records (plain text, boilerplate lines kept), deterministically:
     record ids and dates come from the URL, not the clock."""
     from warcio.statusandheaders import StatusAndHeaders
     from warcio.warcwriter import WARCWriter
@@ -1039,12 +1049,18 @@ def write_warc(path: str | os.PathLike, docs: Sequence[dict]) -> Path:
     buf = io.BytesIO()
     writer = WARCWriter(buf, gzip=True)
     for d in docs:
-        payload = _page(d["url"], d["paragraphs"], d["boiler"])
-        http = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8"),
-                                           ("Content-Length", str(len(payload)))], protocol="HTTP/1.1")
         rid = hashlib.sha1(d["url"].encode()).hexdigest()
         warc_headers = {"WARC-Record-ID": f"<urn:uuid:{rid[:8]}-{rid[8:12]}-{rid[12:16]}-{rid[16:20]}-{rid[20:32]}>",
                         "WARC-Date": "2026-12-01T00:00:00Z"}
+        if wet:
+            text = wet_text(d).encode("utf-8")
+            writer.write_record(writer.create_warc_record(
+                d["url"], "conversion", payload=io.BytesIO(text),
+                warc_headers_dict={**warc_headers, "Content-Type": "text/plain"}))
+            continue
+        payload = _page(d["url"], d["paragraphs"], d["boiler"])
+        http = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                                           ("Content-Length", str(len(payload)))], protocol="HTTP/1.1")
         rec = writer.create_warc_record(d["url"], "response", payload=io.BytesIO(payload),
                                         http_headers=http, warc_headers_dict=warc_headers)
         writer.write_record(rec)
@@ -1057,11 +1073,13 @@ MIRROR_WARCS = ("example.warc.gz", "example.warc", "example-iana.org-chunked.war
 
 def build_corpus(out: str | os.PathLike, n_shards: int = 5, n_clean: int = 180, seed: int = 0,
                  eval_max_items: int | None = 1500) -> tuple[list[Path], list[dict]]:
-    """Write the planted corpus as ``n_shards`` WARC files plus copies of the mirror's warcio samples
+    """Write the planted corpus as ``n_shards`` WARC files (the last one WET) plus copies of the mirror's warcio samples
     into ``out``; return ``(input paths, planted docs)`` (the truth file ``out/truth.json`` too)."""
     out = Path(out)
     docs = planted_documents(n_clean, seed, eval_max_items)
-    paths = [write_warc(out / f"crawl-{k:02d}.warc.gz", docs[k::n_shards]) for k in range(n_shards)]
+    # the last shard is a WET file (text only, as Common Crawl's .warc.wet.gz), the others WARC
+    paths = [write_warc(out / f"crawl-{k:02d}.warc{'.wet' if k == n_shards - 1 else ''}.gz", docs[k::n_shards],
+                        wet=k == n_shards - 1) for k in range(n_shards)]
     for name in MIRROR_WARCS:
         dst = out / f"mirror-{name}"
         _atomic_write(dst, dataset_path("warc-samples", name).read_bytes())
@@ -1158,7 +1176,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = PipelineConfig(stage_delay_s=args.stage_delay)
     out = Path(args.out)
     if args.inputs:
-        inputs = sorted(p for p in Path(args.inputs).iterdir() if re.search(r"\.(warc|arc)(\.gz)?$", p.name))
+        inputs = sorted(p for p in Path(args.inputs).iterdir() if re.search(r"\.(warc|arc|wet)(\.gz)?$", p.name))
         docs = json.loads((Path(args.inputs) / "truth.json").read_text(encoding="utf-8")) \
             if (Path(args.inputs) / "truth.json").is_file() else None
     else:
@@ -1166,7 +1184,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     man = run_pipeline(inputs, out, cfg, engine=args.engine, scheduler=args.scheduler, workers=args.workers)
     wall = time.perf_counter() - t0
-    print(f"pipeline ({args.engine}): {len(inputs)} WARC files -> {man['total_docs']} docs, "
+    print(f"pipeline ({args.engine}): {len(inputs)} WARC/WET/ARC files -> {man['total_docs']} docs, "
           f"{man['total_tokens']} tokens in {len(man['shards'])} uint16 shards, {wall:.1f} s wall, "
           f"{man['run']['stage_shards_resumed']} stage-shards resumed; config {man['config_hash']}")
     print(format_report(man["report"]))
