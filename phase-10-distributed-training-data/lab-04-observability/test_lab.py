@@ -286,11 +286,17 @@ def canary(lab, served):
     return {"good": good, "bad": bad, "good_scrape": good_scrape, "bad_scrape": bad_scrape, "items": items}
 
 
-def test_canary_runs_against_the_live_server(canary):
+def test_canary_runs_against_the_live_server(lab, served, canary):
     good, bad = canary["good"], canary["bad"]
     n = len(canary["items"])
     assert len(good["answers"]) == n and all(a.strip() for a in good["answers"]), \
         "one greedy completion per canary item, in item order"
+    model, tok = served
+    for item, answer in list(zip(canary["items"], good["answers"]))[:6]:
+        ids = [0, *tok.encode(item.prompt, add_special_tokens=False)]
+        ref = tok.decode(lab.p9.reference_greedy(model, ids, 8), skip_special_tokens=True)
+        assert answer == ref, (f"canary answer {answer!r} != the model's greedy continuation {ref!r}: canary "
+                               "requests must be greedy (temperature 0), max_tokens=self.max_tokens, in item order")
     assert len(good["window"]["responses"]) == 2 * 12, "the drift window: drift_samples sampled answers per prompt"
     assert good["window"]["responses"] != bad["window"]["responses"]
     assert canary["good_scrape"]["llm_canary_score"] == pytest.approx(good["score"])
