@@ -1220,6 +1220,14 @@ def main(argv: list[str] | None = None) -> int:
           f"datasketch {nd['mae_datasketch']:.4f}; LSH candidates == datasketch MinHashLSH: "
           f"{nd['candidates_equal_datasketch']}")
     ok &= nd["precision"] >= 0.9 and nd["recall"] >= 0.9 and nd["candidates_equal_datasketch"]
+    # the spec's by-eye check: 100 random survivors, first 300 characters each
+    survivors = []
+    for e in man["shards"]:
+        survivors += _read_jsonl(out / "work" / "decontam" / f"{Path(e['shard']).stem}.jsonl")
+    sample = random.Random(0).sample(survivors, min(100, len(survivors)))
+    spot = out / "spot_check.txt"
+    spot.write_text("".join(f"## {d['key']} {d['url']}\n{d['text'][:300]}\n\n" for d in sample), encoding="utf-8")
+    print(f"\nwrote {spot} ({len(sample)} random surviving documents to read by eye)")
     png = _plot(man["report"], nd, cfg, HERE / "figures" / "pipeline.png")
     print(f"\nwrote {png}")
     print("SELF-TEST", "PASSED" if ok else "FAILED")
