@@ -81,7 +81,7 @@ INVALID = "[invalid]"
 __all__ = [
     "ALL_TASKS", "ResultCache", "TaskSpec", "TASKS", "bootstrap_ci", "build_requests", "continuation_logprob",
     "encode_pair", "evaluate", "exact_match", "extract_answer", "fewshot_context", "generate_until",
-    "load_docs", "load_model", "loglikelihoods", "main", "mcq_metrics", "model_fingerprint",
+    "load_docs", "load_model", "loglikelihoods", "main", "mcq_metrics", "model_fingerprint", "compare_with_lm_eval",
 ]
 
 
@@ -726,6 +726,51 @@ def evaluate(model_path: str | os.PathLike, tasks: Sequence[str] = ALL_TASKS, li
     return out
 
 
+def compare_with_lm_eval(model_path: str | os.PathLike, tasks: Sequence[str] = ALL_TASKS, limit: int = 8,
+                        num_fewshot: int = 1, batch_size: int = 4, model_and_tokenizer=None) -> dict:
+    """Run ``lm_eval.simple_evaluate`` (HFLM, ``tasks/eh_*.yaml``) and this harness on the same documents (given).
+
+    Returns ``{task: {"n_requests", "same_requests", "max_abs_ll_diff", "metric_agreement", "ours", "lm_eval"}}``
+    (GSM8K: ``same_generations`` instead of log-likelihood numbers).
+    """
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    hflm = HFLM(pretrained=str(model_path), batch_size=batch_size, device="cpu", dtype="float32")
+    res = lm_eval.simple_evaluate(model=hflm, tasks=[f"eh_{t}" for t in tasks], num_fewshot=num_fewshot, limit=limit,
+                                  log_samples=True, task_manager=TaskManager(include_path=str(TASKS_DIR)),
+                                  bootstrap_iters=0)
+    ours = evaluate(model_path, tasks, limit=limit, num_fewshot=num_fewshot, batch_size=batch_size,
+                    model_and_tokenizer=model_and_tokenizer, n_boot=100)
+    report = {}
+    for t in tasks:
+        spec = TASKS[t]
+        by_doc: dict[int, dict] = {}
+        for sample in res["samples"][f"eh_{t}"]:
+            by_doc.setdefault(sample["doc_id"], sample)
+        theirs = [by_doc[i] for i in sorted(by_doc)]
+        docs, pool = load_docs(t)
+        row: dict[str, Any] = {"n_docs": len(theirs)}
+        if spec.kind == "generate":
+            row["same_prompts"] = sum(fewshot_context(t, d, num_fewshot, pool) == s["arguments"][0][0]
+                                      for d, s in zip(docs, theirs))
+            row["same_generations"] = sum(o["generation"] == s["resps"][0][0]
+                                          for o, s in zip(ours["samples"][t], theirs))
+            agree = [o["exact_match_strict"] == float(s["exact_match"]) for o, s in zip(ours["samples"][t], theirs)]
+        else:
+            reqs = [build_requests(t, d, num_fewshot, pool) for d in docs[:len(theirs)]]
+            row["n_requests"] = sum(len(r) for r in reqs)
+            row["same_requests"] = sum(r == [tuple(a) for a in s["arguments"]] for r, s in zip(reqs, theirs))
+            diffs = [abs(a - r[0][0]) for o, s in zip(ours["samples"][t], theirs)
+                     for a, r in zip(o["lls"], s["resps"])]
+            row["max_abs_ll_diff"] = max(diffs)
+            agree = [all(o[m] == s[m] for m in spec.metrics) for o, s in zip(ours["samples"][t], theirs)]
+        row["metric_agreement"] = f"{sum(agree)}/{len(agree)}"
+        report[t] = row
+    return report
+
+
 CHANCE = {"mmlu": 0.25, "hellaswag": 0.25, "arc_easy": None, "winogrande": 0.5, "gsm8k": 0.0}
 
 
@@ -750,6 +795,12 @@ def _resolve_model(name: str) -> Path | str:
     return name
 
 
+def _lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
 def cli(argv: Sequence[str]) -> int:
     ap = argparse.ArgumentParser(description="likelihood + generation eval harness (lm-eval conventions)")
     ap.add_argument("--model", required=True, help="HF model folder, hub id, or 'main'/'draft' (curriculum model)")
@@ -757,20 +808,33 @@ def cli(argv: Sequence[str]) -> int:
     ap.add_argument("--limit", type=int, default=20)
     ap.add_argument("--num-fewshot", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--full", action="store_true", help="every document (no --limit), 5-shot MMLU/GSM8K convention")
+    ap.add_argument("--full", action="store_true",
+                    help="every document (ignores --limit) and 256 GSM8K tokens; add --num-fewshot 5 for the usual setting")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--max-gen-toks", type=int, default=GSM8K_MAX_GEN_TOKS)
+    ap.add_argument("--max-gen-toks", type=int, default=None, help=f"GSM8K budget ({GSM8K_MAX_GEN_TOKS}; 256 with --full)")
     ap.add_argument("--cache", default=str(OUTPUTS / "cache.jsonl"))
     ap.add_argument("--output", default=str(OUTPUTS / "results.json"))
+    ap.add_argument("--compare-lm-eval", action="store_true",
+                    help="also run lm_eval.simple_evaluate on tasks/eh_*.yaml and print the per-item agreement")
     args = ap.parse_args(argv)
     path = _resolve_model(args.model)
+    if args.compare_lm_eval:
+        t0 = time.perf_counter()
+        report = compare_with_lm_eval(path, [t.strip() for t in args.tasks.split(",") if t.strip()],
+                                      limit=args.limit, num_fewshot=args.num_fewshot, batch_size=args.batch_size)
+        print(f"== this harness vs lm_eval {_lm_eval_version()} (HFLM), limit {args.limit}, "
+              f"{args.num_fewshot}-shot, batch {args.batch_size} ==")
+        for t, row in report.items():
+            print(f"{t:<11} " + ", ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        print(f"({time.perf_counter() - t0:.1f} s)")
+        return 0
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     mt = load_model(path, device=args.device, dtype=dtype)
     t0 = time.perf_counter()
     res = evaluate(path, [t.strip() for t in args.tasks.split(",") if t.strip()],
                    limit=None if args.full else args.limit, num_fewshot=args.num_fewshot,
                    batch_size=args.batch_size, cache_path=args.cache, model_and_tokenizer=mt,
-                   max_gen_toks=args.max_gen_toks)
+                   max_gen_toks=args.max_gen_toks or (256 if args.full else GSM8K_MAX_GEN_TOKS))
     res["config"]["wall_s"] = round(time.perf_counter() - t0, 2)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(res, indent=1), encoding="utf-8")
@@ -780,11 +844,15 @@ def cli(argv: Sequence[str]) -> int:
 
 
 def selftest() -> int:
+    from transformers.utils import logging as hf_logging
+
     from labkit import curriculum_model_path, seed_everything
     from labkit.plots import savefig
 
     seed_everything(0)
     torch.set_num_threads(1)
+    hf_logging.set_verbosity_error()       # the 260 > 256 tokenizer notice: we truncate on purpose
+    hf_logging.disable_progress_bar()
     path = curriculum_model_path("main") / "hf"
     model, tok = load_model(path)
     failures = []
