@@ -870,7 +870,8 @@ def selftest() -> int:
     again = evaluate(path, ALL_TASKS, limit=20, num_fewshot=1, batch_size=8, cache_path=cache_path,
                      model_and_tokenizer=(model, tok))
     warm = time.perf_counter() - t0
-    print("== curriculum model (1.8M params, TinyStories), limit 20, 1-shot, batch 8 ==")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"== curriculum model ({n_params / 1e6:.2f}M params, TinyStories), limit 20, 1-shot, batch 8 ==")
     print(format_table(res))
     print(f"cold run {cold:.1f} s, cached re-run {warm:.2f} s (cache hits {again['cache']['hits']}, "
           f"misses {again['cache']['misses']})")
