@@ -416,7 +416,7 @@ class CheckpointManager:
         self.root = Path(self.root)
         self.rank, self.world_size = _rank_world()
         self._pending: tuple[Future, CheckpointRecord] | None = None
-        self.blocking_s: list[float] = []     # time each save() kept training waiting
+        self.blocking_s: list[float] = []     # seconds each save() blocked, after finishing the previous one
         self._pg = dist.new_group(backend="gloo") if dist.is_initialized() and self.use_async else None
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -437,8 +437,8 @@ class CheckpointManager:
 
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              loader: ResumableLoader, *, metric: float | None = None, final: bool = False) -> None:
-        t0 = time.perf_counter()
         self.wait()
+        t0 = time.perf_counter()    # blocking time of this save alone (the previous one is committed)
         kinds = ("final",) if final else ("periodic",)
         record = CheckpointRecord(step=step, metric=metric, kinds=kinds, world_size=self.world_size,
                                   path=str(step_dir(self.root, step)))
@@ -449,7 +449,7 @@ class CheckpointManager:
                               process_group=self._pg, storage_writer=writer)
         self._pending = (fut, record)
         if not use_async:
-            self.wait()
+            self.wait()     # a synchronous save is committed before training goes on
         self.blocking_s.append(time.perf_counter() - t0)
 
     def wait(self) -> None:
