@@ -786,6 +786,33 @@ def write_report(rep: dict, out_dir: Path = OUTPUTS) -> tuple[Path, Path]:
     return j, m
 
 
+def plot_robustness(rep: dict, path: Path) -> Path:
+    """Grouped bars: block rate per transformation for each classifier, without (light) and with
+    (dark) the decoding normaliser. Written through ``labkit.plots.savefig`` (``outputs/`` unless
+    ``LABKIT_WRITE_FIGURES=1``)."""
+    from labkit.plots import plt, savefig
+
+    names, ts = list(rep["robustness"]), list(TRANSFORMS)
+    fig, ax = plt.subplots(figsize=(8.0, 3.6))
+    w = 0.8 / len(names)
+    x = np.arange(len(ts))
+    for k, n in enumerate(names):
+        plain = [rep["robustness"][n][t]["block_rate_plain_filter"] for t in ts]
+        norm = [rep["robustness"][n][t]["block_rate_with_normaliser"] for t in ts]
+        bars = ax.bar(x + k * w, norm, w, label=f"{n} + normaliser", alpha=0.9)
+        ax.bar(x + k * w, plain, w * 0.45, color="white", edgecolor=bars.patches[0].get_facecolor(),
+               hatch="//", label=f"{n} plain")
+    ax.set_xticks(x + w * (len(names) - 1) / 2, ts)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("block rate (held-out categories)")
+    ax.set_title(f"Filter robustness on {rep['n_red_team']} red-team prompts")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    fig.tight_layout()
+    out = savefig(fig, path)
+    plt.close(fig)
+    return out
+
+
 # ============================================================================ 9. self-test
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -801,6 +828,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rep = run_red_team(full=args.full, seed=args.seed)
     j, m = write_report(rep, args.out)
     print(report_markdown(rep))
+    print(f"\nwrote {plot_robustness(rep, HERE / 'figures' / 'robustness.png')}")
     print(f"\nwrote {j} and {m} in {time.perf_counter() - t0:.1f} s "
           f"(cv {rep['seconds']['cross_validation']:.1f} s, generation {rep['seconds']['generation']:.1f} s)")
     p = rep["classifiers"][PRIMARY]
