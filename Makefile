@@ -25,7 +25,7 @@ phase_dir = $(wildcard phase-$(shell printf %02d $(1))-*)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test selftest check run diff progress figures bench labs labs-check lint doctor clean need-lab model \
-        test-system-design system-design \
+        test-system-design system-design test-interview-prep \
         $(foreach n,1 2 3 4 5 6 7 8 9 10 11,test-phase-$(n) selftest-phase-$(n))
 
 help: ## list the targets
@@ -77,6 +77,10 @@ labs: $(STAMP) ## regenerate every lab.py from its solution.py (and requirements
 labs-check: $(STAMP) ## fail when a committed lab.py, requirements.txt or system-design walkthrough is out of date
 	$(PY) -m labkit.labgen --check
 	cd system-design && $(abspath $(PY)) -m capacity.render --check
+
+test-interview-prep: $(STAMP) ## the interview-prep drills: self-tests and graders
+	@if [ ! -d interview-prep ]; then echo "interview-prep is not built yet"; exit 0; fi; \
+	$(PY) -m labkit.runner selftest --jobs $(JOBS) interview-prep && $(PYTEST) -m "not gpu" interview-prep
 
 test-system-design: $(STAMP) ## the capacity calculators' tests and the walkthroughs' freshness check
 	$(PYTEST) -m "not gpu" system-design

@@ -21,8 +21,17 @@ TARGETS = ("solution", "lab")
 
 
 def lab_dirs(root: Path = REPO_ROOT) -> list[Path]:
-    """Every ``phase-*/lab-*`` folder under ``root``, sorted."""
-    return sorted(p for p in root.glob("phase-*/lab-*") if p.is_dir())
+    """Every folder that keeps the lab contract under ``root``, sorted: ``phase-*/lab-*``,
+    ``phase-11-capstone/capstone-*`` and the drills under ``interview-prep/`` (any folder there
+    holding a ``solution.py``)."""
+    labs = [p for p in root.glob("phase-*/lab-*") if p.is_dir()]
+    labs += [p for p in root.glob("phase-11-capstone/capstone-*") if p.is_dir()]
+    labs += [p.parent for p in root.glob("interview-prep/**/solution.py")]
+    return sorted(set(labs))
+
+
+def _is_lab_dir(path: Path, root: Path) -> bool:
+    return path.is_dir() and path.resolve() in {p.resolve() for p in lab_dirs(root)}
 
 
 def resolve_lab(name: str | os.PathLike, root: Path = REPO_ROOT) -> Path:
@@ -41,7 +50,7 @@ def resolve_lab(name: str | os.PathLike, root: Path = REPO_ROOT) -> Path:
     for cand in (root / text, Path(text)):
         if cand.is_file():
             cand = cand.parent
-        if cand.is_dir() and cand.name.startswith("lab-"):
+        if cand.is_dir() and (cand.name.startswith("lab-") or _is_lab_dir(cand, root)):
             return cand.resolve()
     m = re.fullmatch(r"(\d+)[./](\d+)", text)
     if m:

@@ -26,7 +26,9 @@ def _labs_under(paths: list[str]) -> list[Path]:
     for p in paths:
         cand = (REPO_ROOT / p) if not Path(p).is_absolute() else Path(p)
         if cand.is_dir() and cand.name.startswith("phase-"):
-            out += sorted(x for x in cand.glob("lab-*") if x.is_dir())
+            out += sorted(x for x in cand.iterdir() if x.is_dir() and x.name.startswith(("lab-", "capstone-")))
+        elif cand.is_dir() and not (cand / "solution.py").exists():  # e.g. interview-prep/: every drill in it
+            out += sorted(x.parent for x in cand.glob("**/solution.py"))
         else:
             out.append(resolve_lab(p))
     return out
