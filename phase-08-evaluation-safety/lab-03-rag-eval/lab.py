@@ -56,7 +56,7 @@ CONTEXT_TOKENS = 256  # the curriculum model's window (prompt + reply)
 
 __all__ = [
     "EvalItem", "LLMJudge", "JudgeError", "CachedCrossEncoder", "aggregate", "ablation_table", "answer_relevance_proxy",
-    "answer_relevance_score", "build_pipeline", "context_precision_proxy", "context_precision_score",
+    "answer_relevance_score", "build_pipeline", "context_precision_proxy", "dense_search", "context_precision_score",
     "context_recall_proxy", "context_recall_score", "evaluate_config", "faithfulness_proxy", "faithfulness_score",
     "generate_rag_answers", "load_eval_set", "normalize_tokens", "parse_verdict", "retrieve", "run_ablation",
     "split_claims", "support_score", "temperature_sweep",
@@ -380,11 +380,12 @@ class LLMJudge:
             curriculum model has a 256-token window.
         claims: ``"sentences"`` (default: :func:`split_claims`, deterministic) or ``"llm"`` (ask the
             judge for statements, as RAGAS does).
+        cache_tag: when set, replies are cached on disk under this model tag (reruns cost nothing).
     """
 
     def __init__(self, client: Any, model: str, max_tokens: int = 4, temperature: float = 0.0, seed: int = 0,
                  prompt_tokens: Callable[[list[dict]], int] | None = None, budget: int | None = None,
-                 claims: str = "sentences") -> None:
+                 claims: str = "sentences", cache_tag: str | None = None) -> None:
         if claims not in ("sentences", "llm"):
             raise ValueError(f"claims must be 'sentences' or 'llm', got {claims!r}")
         if max_tokens < 1:
@@ -394,6 +395,7 @@ class LLMJudge:
         self.client, self.model, self.max_tokens = client, model, max_tokens
         self.temperature, self.seed, self.claims = temperature, seed, claims
         self.prompt_tokens, self.budget = prompt_tokens, budget
+        self.cache_tag = cache_tag
         self.stats = {"calls": 0, "unparsed": 0, "trimmed": 0}
 
     def _messages(self, template: str, context: str = "", **kw: str) -> list[dict[str, str]]:
@@ -417,11 +419,15 @@ class LLMJudge:
         import openai
 
         self.stats["calls"] += 1
+        seed = self.seed if seed is None else seed
         try:
+            if self.cache_tag:
+                return _complete(self.client, self.model, messages, self.temperature, seed,
+                                 max_tokens or self.max_tokens, self.cache_tag)
             r = self.client.chat.completions.create(model=self.model, messages=messages,
                                                     max_tokens=max_tokens or self.max_tokens,
                                                     temperature=self.temperature,
-                                                    seed=self.seed if seed is None else seed)
+                                                    seed=seed)
         except openai.OpenAIError as exc:
             raise JudgeError(f"the judge endpoint failed: {exc}") from exc
         return r.choices[0].message.content or ""
@@ -503,10 +509,11 @@ class CachedCrossEncoder:
     def __init__(self, model: Any = None, name: str | None = None) -> None:
         from labkit.data import cache_dir
 
+        self._model = model
+        self._path = None
         if model is None:
-            path = rerank_lab().reranker_path()
-            model, name = rerank_lab().load_reranker(path), path.name
-        self.model = model
+            self._path = rerank_lab().reranker_path()  # trains lab 7.3's re-ranker once if missing
+            name = self._path.name
         self.name = name or type(model).__name__
         self.path = cache_dir() / "rag-eval" / f"rerank-{re.sub(r'[^A-Za-z0-9_.-]', '_', self.name)}.json"
         self.scores: dict[str, float] = {}
@@ -515,6 +522,13 @@ class CachedCrossEncoder:
                 self.scores = json.loads(self.path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 self.scores = {}
+
+    @property
+    def model(self) -> Any:
+        """The CrossEncoder, loaded on first use (a run whose scores are all cached never loads it)."""
+        if self._model is None:
+            self._model = rerank_lab().load_reranker(self._path)
+        return self._model
 
     @staticmethod
     def _key(query: str, text: str) -> str:
@@ -537,8 +551,16 @@ class CachedCrossEncoder:
         os.replace(tmp, self.path)
 
 
+def dense_search(pipe: Any, question: str, k: int) -> list[Any]:
+    """Lab 7.2's ``pipe.search``, but with the question's embedding taken from the embedder's cache
+    (questions are embedded once, in one batch, by :func:`evaluate_config`)."""
+    q = pipe.check_query(question, k)
+    with pipe._lock:
+        return pipe.index.search(pipe.embedder.encode([q])[0], k)
+
+
 def retrieve(pipe: Any, question: str, k: int, reranker: Any = None, depth: int = 10) -> list[Any]:
-    """The ``k`` chunks for ``question``: dense top ``k`` (lab 7.2's ``pipe.search``), or, with a
+    """The ``k`` chunks for ``question``: dense top ``k`` (:func:`dense_search`), or, with a
     ``reranker``, the dense top ``max(depth, k)`` re-ordered by lab 7.3's ``rerank`` and cut to ``k``.
 
     Returns:
@@ -551,7 +573,7 @@ def retrieve(pipe: Any, question: str, k: int, reranker: Any = None, depth: int 
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise ValueError(f"depth must be an int >= 1, got {depth!r}")
-    # TODO(10): no reranker: pipe.search(question, k). Else cands = pipe.search(question, max(depth, k)); order = rerank_lab().rerank(reranker, question, range(len(cands)), [h.text for h in cands], top_n=k); return the hits in that order (easy, ~10 min)
+    # TODO(10): no reranker: dense_search(pipe, question, k). Else cands = dense_search(pipe, question, max(depth, k)); order = rerank_lab().rerank(reranker, question, range(len(cands)), [h.text for h in cands], top_n=k); return the hits in that order (easy, ~10 min)
     raise NotImplementedError("TODO(10)")
 
 
@@ -580,14 +602,16 @@ def evaluate_config(pipe: Any, items: Sequence[EvalItem], k: int, reranker: Any 
     """
     rag = rag_lab()
     embed = _embed_fn(pipe)
-    rows = []
-    for it in items:
+    qvecs = embed([it.question for it in items])  # one batch, cached on disk for the next run
+    found = []
+    for it, qvec in zip(items, qvecs):
         hits = retrieve(pipe, it.question, k, reranker, depth)
-        ctx = [h.text for h in hits]
-        qvec = embed([it.question])[0]
         answer, _ = rag.extractive_answer(qvec, hits, embed)
-        if answer == rag.NO_ANSWER:
-            answer = ""
+        found.append((hits, "" if answer == rag.NO_ANSWER else answer))
+    embed([_CITE.sub("", a).strip() for _, a in found if a])  # answers in one batch too
+    rows = []
+    for it, (hits, answer) in zip(items, found):
+        ctx = [h.text for h in hits]
         support = rag.supporting_chunks(pipe, {"id": it.id, "doc_id": it.doc_id, "evidence": it.evidence})
         rows.append({"id": it.id, "answer": answer, "hit": any(h.chunk_id in support for h in hits),
                      "context_precision": context_precision_proxy(ctx, it.gold_context, threshold),
@@ -705,8 +729,9 @@ def generate_rag_answers(pipe: Any, items: Sequence[EvalItem], client: Any, mode
     rag = rag_lab()
     counter = prompt_tokens or curriculum_prompt_counter()
     out = []
+    pipe.embedder.encode([it.question for it in items])
     for i, it in enumerate(items):
-        hits = pipe.search(it.question, k)
+        hits = dense_search(pipe, it.question, k)
         messages, used = rag.build_prompt(it.question, hits, counter, context_tokens - max_tokens)
         text = _complete(client, model, messages, temperature, seed + i, max_tokens, tag)
         out.append((text, [h.text for h in used]))
@@ -796,11 +821,11 @@ def selftest(args: argparse.Namespace) -> int:
 
         print("\nthe curriculum model as the LLM judge (RAGAS prompts, 3 questions, k=3):")
         judge = LLMJudge(client, ep.model, max_tokens=4, prompt_tokens=curriculum_prompt_counter(),
-                         budget=CONTEXT_TOKENS - 16)
+                         budget=CONTEXT_TOKENS - 16, cache_tag="curriculum-main")
         embed = _embed_fn(pipe)
         jrows = []
         for it in items[:3]:
-            hits = pipe.search(it.question, 3)
+            hits = dense_search(pipe, it.question, 3)
             ctx = [h.text for h in hits]
             answer = rag_lab().extractive_answer(embed([it.question])[0], hits, embed)[0]
             jrows.append({"faithfulness": judge.faithfulness(it.question, answer, ctx),

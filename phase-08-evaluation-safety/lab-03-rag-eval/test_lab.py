@@ -295,7 +295,8 @@ def test_retrieve_with_lab73_reranker_matches_crossencoder_rank(lab, pipe):
 
 # ---------------------------------------------------------------------------------------- the spec's tests
 def test_context_recall_rises_with_k(lab, pipe, items):
-    # dense top-k is a prefix of dense top-10: retrieve once, cut at each k
+    # dense top-k is a prefix of dense top-10: retrieve once, cut at each k (questions embedded in one batch)
+    pipe.embedder.encode([it.question for it in items])
     top = {it.id: [h.text for h in lab.retrieve(pipe, it.question, 10)] for it in items}
     rec = {k: lab.aggregate([lab.context_recall_proxy(it.gold_context, top[it.id][:k]) for it in items])[0]
            for k in (1, 3, 10)}
