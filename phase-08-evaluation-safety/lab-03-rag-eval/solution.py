@@ -150,7 +150,7 @@ def split_claims(text: str) -> list[str]:
         raise TypeError(f"expected text (str), got {type(text).__name__}")
     out = []
     for s, e in rag_lab().split_sentences(text):
-        claim = re.sub(r"\s+", " ", _CITE.sub("", text[s:e])).strip()
+        claim = re.sub(r"\s+([.,;:!?])", r"\1", re.sub(r"\s+", " ", _CITE.sub("", text[s:e]))).strip()
         if normalize_tokens(claim):
             out.append(claim)
     return out
