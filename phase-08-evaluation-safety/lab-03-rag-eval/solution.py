@@ -743,6 +743,13 @@ def curriculum_prompt_counter() -> Callable[[list[dict]], int]:
     return rag_lab().hf_chat_token_counter(str(curriculum_model_path("main") / "hf"))
 
 
+def curriculum_tag() -> str:
+    """The curriculum model's cache folder name (``main-<content hash>``): the model's identity."""
+    from labkit import curriculum_model_path
+
+    return curriculum_model_path("main").name
+
+
 def _generation_cache() -> Path:
     from labkit.data import cache_dir
 
@@ -768,16 +775,18 @@ def _complete(client: Any, model: str, messages: list[dict], temperature: float,
 
 
 def generate_rag_answers(pipe: Any, items: Sequence[EvalItem], client: Any, model: str, temperature: float,
-                         k: int = 3, max_tokens: int = 24, seed: int = 0, tag: str = "curriculum-main",
+                         k: int = 3, max_tokens: int = 24, seed: int = 0, tag: str | None = None,
                          prompt_tokens: Callable[[list[dict]], int] | None = None,
                          context_tokens: int = CONTEXT_TOKENS) -> list[tuple[str, list[str]]]:
     """LLM answers through lab 7.2's budgeted prompt: ``[(answer, contexts the model saw), ...]``.
 
-    Question i uses seed ``seed + i``; ``tag`` names the model in the cache key.
+    Question i uses seed ``seed + i``; ``tag`` names the model in the cache key (default: the
+    curriculum model's content-hashed folder name, so a retrained model never reads stale replies).
     """
     if not 0.0 <= temperature <= 2.0:
         raise ValueError(f"temperature must lie in [0, 2] (the OpenAI range), got {temperature}")
     rag = rag_lab()
+    tag = tag or curriculum_tag()
     counter = prompt_tokens or curriculum_prompt_counter()
     out = []
     pipe.embedder.encode([it.question for it in items])
@@ -872,7 +881,7 @@ def selftest(args: argparse.Namespace) -> int:
 
         print("\nthe curriculum model as the LLM judge (RAGAS prompts, 3 questions, k=3):")
         judge = LLMJudge(client, ep.model, max_tokens=4, prompt_tokens=curriculum_prompt_counter(),
-                         budget=CONTEXT_TOKENS - 16, cache_tag="curriculum-main")
+                         budget=CONTEXT_TOKENS - 16, cache_tag=curriculum_tag())
         embed = _embed_fn(pipe)
         jrows = []
         for it in items[:3]:
