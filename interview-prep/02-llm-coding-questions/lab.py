@@ -350,7 +350,7 @@ def layernorm_backward(dy: torch.Tensor, cache: tuple) -> tuple[torch.Tensor, to
 
     ``dweight``/``dbias`` sum over every axis but the last.
     """
-    # TODO(16): dxhat = dy*w; dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) (hard, ~20 min)
+    # TODO(16): chain rule through xhat, the mean AND the variance; dweight/dbias sum over leading axes (hard, ~20 min)
     raise NotImplementedError("TODO(16)")
 
 
@@ -362,7 +362,7 @@ def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) ->
 
 def rmsnorm_backward(dy: torch.Tensor, cache: tuple) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of RMSNorm by hand: ``(dx, dweight)``."""
-    # TODO(18): g = dy*w; dx = rstd * (g - xhat * mean(g * xhat)) with xhat = x * rstd (medium, ~15 min)
+    # TODO(18): chain rule through x AND rstd(x); dweight sums over leading axes (medium, ~15 min)
     raise NotImplementedError("TODO(18)")
 
 

@@ -455,7 +455,7 @@ def layernorm_backward(dy: torch.Tensor, cache: tuple) -> tuple[torch.Tensor, to
 
     ``dweight``/``dbias`` sum over every axis but the last.
     """
-    # BEGIN SOLUTION dxhat = dy*w; dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) (hard, ~20 min)
+    # BEGIN SOLUTION chain rule through xhat, the mean AND the variance; dweight/dbias sum over leading axes (hard, ~20 min)
     xhat, rstd, weight = cache
     reduce = tuple(range(dy.dim() - 1))
     dweight = (dy * xhat).sum(dim=reduce)
@@ -476,7 +476,7 @@ def rmsnorm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) ->
 
 def rmsnorm_backward(dy: torch.Tensor, cache: tuple) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of RMSNorm by hand: ``(dx, dweight)``."""
-    # BEGIN SOLUTION g = dy*w; dx = rstd * (g - xhat * mean(g * xhat)) with xhat = x * rstd (medium, ~15 min)
+    # BEGIN SOLUTION chain rule through x AND rstd(x); dweight sums over leading axes (medium, ~15 min)
     x, rstd, weight = cache
     xhat = x * rstd
     dweight = (dy * xhat).sum(dim=tuple(range(dy.dim() - 1)))
