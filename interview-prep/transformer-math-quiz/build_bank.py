@@ -193,7 +193,7 @@ num("sampling", "medium", "Logits [2, 1, 0] at temperature 2: probability of the
     {"logits": [2.0, 1.0, 0.0], "temperature": 2.0}, "T > 1 flattens toward uniform: e / (e + e^0.5 + 1).", pick=0)
 num("positional-encoding", "medium", "RoPE with d_head=128 and base 10000: wavelength (tokens) of the slowest "
     "rotating pair?", "rope_wavelength", {"d_head": 128},
-    "2*pi*base^(2i/d) with i = 63: longer than any training context, so low pairs act like absolute position.")
+    "2*pi*base^(2i/d) with i = 63: far longer than a 4K training context, so that pair barely turns.")
 num("positional-encoding", "easy", "RoPE with d_head=128: wavelength of the fastest pair (i = 0)?",
     "rope_wavelength", {"d_head": 128, "pair": 0}, "2*pi: it turns about one radian per token.")
 num("positional-encoding", "medium", "RoPE with d_head=128 and base 500000 (Llama-3): slowest wavelength?",
