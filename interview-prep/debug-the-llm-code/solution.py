@@ -291,7 +291,7 @@ def symptoms() -> list[tuple[str, str, str, bool]]:
             ref_loss = model(**full).loss.item()
     rows.append(("4 Trainer", "sum of micro-batch losses / full-batch loss", f"{parts / ref_loss:.3f}",
                  abs(parts / ref_loss - 1) < 1e-3))
-    prompts = ["Once upon a time, there was a little", "Tom and Lily went"]
+    prompts = ["Once upon a time, there was a little", "Tom and Lily went", "One day"]
     hook = sharpen(model)
     ids, lps = greedy_generate(model, tok, prompts, max_new_tokens=6)
     alone = torch.cat([greedy_generate(model, tok, [p], max_new_tokens=6)[0] for p in prompts])
