@@ -53,7 +53,7 @@ def load_buggy(name: str):
 def falls_back_to(module: str, qualname: str):
     """Run ``buggy/<module>.py``'s ``qualname`` while the decorated function is still a TODO.
 
-    A body that raises ``NotImplementedError("TODO(k)")`` (what ``lab.py`` ships with) is
+    A body that raises the NotImplementedError of a ``TODO(k)`` stub (what ``lab.py`` ships with) is
     replaced by the buggy original at call time, so the tests report its symptoms.
     """
     def deco(fn):
