@@ -297,6 +297,10 @@ def test_linreg_gd_reaches_the_closed_form(lab, diabetes):
     wc, bc = lab.linreg_closed_form(X, y)
     mse = float(np.mean((X @ wc + bc - y) ** 2))
     assert len(losses) == 2000 and abs(losses[0] - np.mean(y ** 2)) < 1e-6, "losses[0] is the MSE at w=0, b=0"
+    w1, b1, _ = lab.linreg_gd(X, y, lr=0.1, n_iter=1)
+    assert np.allclose(w1, 0.1 * 2 * X.T @ y / len(y)) and abs(b1 - 0.1 * 2 * y.mean()) < 1e-9, (
+        "one step from zeros should give w = lr * 2 X^T y / N and b = lr * 2 mean(y): the MSE gradient is "
+        "2 X^T r / N (is the factor 2 or the 1/N missing?)")
     assert abs(b - bc) < 1e-6, f"intercept {b:.3f} vs closed form {bc:.3f}: update b with 2 * mean(residual)"
     assert losses[-1] / mse - 1 < 1e-3, (
         f"GD MSE {losses[-1]:.2f} vs closed-form {mse:.2f} after 2000 steps at lr=0.1: the MSE gradient is "
