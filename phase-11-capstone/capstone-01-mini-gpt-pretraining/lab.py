@@ -134,11 +134,11 @@ class CapstoneConfig:
 
 
 SMALL = CapstoneConfig()
-# the spec's scale: ~110M parameters (12 x 768), 32k BPE, 1024 context, FSDP2 in bf16 on 8 GPUs;
-# max_steps ~ 20 tokens/param: 2.2e9 tokens / (16 rows * 8 ranks * 1024) ~ 16.8k steps
+# the spec's scale: 126M parameters (12 x 768, untied 32k head), 32k BPE, 1024 context, FSDP2 in bf16 on
+# 8 GPUs; max_steps for ~20 tokens/param: 2.52e9 tokens / (16 rows * 8 ranks * 1024 tokens) = 19.2k steps
 FULL = CapstoneConfig(n_clean=0, eval_max_items=None, engine="dask", val_fraction=0.005, vocab_size=32768,
                       n_layer=12, n_head=12, n_kv_head=4, d_model=768, block_size=1024, nproc=8,
-                      strategy="fsdp2", micro_batch=16, max_steps=16800, warmup_steps=700, max_lr=6e-4,
+                      strategy="fsdp2", micro_batch=16, max_steps=19200, warmup_steps=800, max_lr=6e-4,
                       min_lr=6e-5, dtype="bfloat16", device="cuda", eval_limit=None, n_boot=2000)
 
 
@@ -590,7 +590,8 @@ def run_capstone(out: str | os.PathLike, cfg: CapstoneConfig = SMALL, inputs: Se
     val_bytes = _target_bytes(rows["val"], bpe)
 
     log("[7/7] compute report, loss curve, model card ...")
-    peak = cfg.peak_flops or measure_matmul_flops()
+    # the peak of the whole job: one device's peak (given, or a measured single-thread matmul) x ranks
+    peak = (cfg.peak_flops or measure_matmul_flops()) * train["world_size"]
     comp = compute_report(n_params, cfg.n_layer, cfg.d_model, cfg.block_size, train["tokens"], train["train_wall_s"],
                           peak_flops=peak)
     downstream = {}
@@ -619,7 +620,8 @@ def run_capstone(out: str | os.PathLike, cfg: CapstoneConfig = SMALL, inputs: Se
                     | {"steps": cfg.max_steps, "first_loss": train["losses"][0], "final_loss": train["losses"][-1],
                        "epochs": train["tokens"] / max(1, rows["train"].size - rows["train"].shape[0]),
                        "losses": train["losses"], "lrs": train["lrs"], "launch_wall_s": train["launch_wall_s"]},
-        "compute": comp | {"peak_flops": peak, "peak_source": "config" if cfg.peak_flops else "measured fp32 matmul, 1 thread"},
+        "compute": comp | {"peak_flops": peak, "peak_source": (f"{'configured' if cfg.peak_flops else 'measured 1-thread fp32 matmul'} "
+                                                          f"x {train['world_size']} ranks")},
         "eval": {"val_nll": nll / n_tok, "val_ppl": math.exp(nll / n_tok), "val_targets": n_tok,
                  "val_target_bytes": val_bytes, "val_bpb": nll / math.log(2) / val_bytes,
                  "init_ppl": math.exp(nll0 / n_tok), "unigram_ppl": math.exp(unigram),
@@ -629,11 +631,16 @@ def run_capstone(out: str | os.PathLike, cfg: CapstoneConfig = SMALL, inputs: Se
     }
     (out / "run.json").write_text(json.dumps(run, indent=1), encoding="utf-8")
     (out / "MODEL_CARD.md").write_text(render_model_card(run), encoding="utf-8")
-    _plot_loss(run, out / "loss_curve.png")
+    fig = loss_figure(run)
+    fig.savefig(out / "loss_curve.png", dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
     return run
 
 
-def _plot_loss(run: dict, path: Path) -> None:
+def loss_figure(run: dict) -> Any:
+    """The training loss curve of ``run`` with the unigram and final held-out levels (a Figure)."""
     import matplotlib.pyplot as plt
 
     losses = run["training"]["losses"]
@@ -647,8 +654,7 @@ def _plot_loss(run: dict, path: Path) -> None:
                  f"({run['training']['strategy']})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 # ============================================================================ the model card (given)
@@ -683,6 +689,11 @@ def render_model_card(run: dict) -> str:
     d, t, c = run["data"], run["training"], run["compute"]
     drops = "; ".join(f"{r['stage']}: {', '.join(f'{k}={v}' for k, v in r['drops'].items())}"
                       for r in d["report"] if r["drops"])
+    chance_level = [task for task, r in run["eval"]["downstream"].items() if r["acc_ci"][0] <= r["chance"]]
+    skill = (f"its {' and '.join(chance_level)} 95% CI includes chance, so it shows no measurable skill there"
+             if chance_level else "its downstream CIs all lie above chance")
+    crawl = ("real Common Crawl records and the warcio samples" if any(x.startswith("cc-") for x in d["inputs"])
+             else "the warcio sample records")
     rows = "\n".join(
         f"| {task} (0-shot, acc) | {r['chance']:.2f} (chance) | {n[task + '_acc']} | {n[task + '_ci']} | {n[task + '_n']} |"
         for task, r in run["eval"]["downstream"].items())
@@ -729,10 +740,10 @@ perplexity ({n['hf_val_ppl']}). Downstream tasks through Phase 8's harness on th
 
 ## Intended use and limitations
 - For learning how a pretraining run is put together; not for any downstream use.
-- Far from compute-optimal and far too small: its downstream scores are at chance, and a CI that covers 0.25
-  means no measurable skill. Held-out perplexity is in units of its own tokenizer: compare bits per byte across tokenizers.
-- The data is a small crawl (planted pages built from TinyStories, WikiText-2 and other mirror text, plus real
-  warcio/Common Crawl samples): English only, no toxicity or PII filtering, so it repeats what those pages say.
+- Far from compute-optimal ({n['tokens_per_param']} tokens per parameter, against Chinchilla's 20) and far too small:
+  {skill}. Held-out perplexity is in units of its own tokenizer: compare bits per byte across tokenizers.
+- The data is a small crawl ({len(d['inputs'])} files: pages built from mirror text such as TinyStories and WikiText-2,
+  plus {crawl}): English only, no toxicity or PII filtering, so it repeats what those pages say.
 - No instruction tuning, no safety training.
 """
 
@@ -812,6 +823,23 @@ def compute_table(run: dict) -> str:
         f"achieved {n['achieved']} FLOP/s | peak {n['peak']} | MFU {n['mfu']}"])
 
 
+def full_mode_plan(cfg: CapstoneConfig = FULL, gpu_peak_flops: float = 989e12, mfu: float = 0.4) -> dict[str, float]:
+    """What ``cfg`` (default: full mode) would cost: its parameter count (the model built on the
+    ``meta`` device, no memory), the Chinchilla tokens, the tokens its steps train on, the FLOPs, and
+    the hours on ``cfg.nproc`` GPUs of ``gpu_peak_flops`` (H100 SXM dense bf16) at ``mfu``. An estimate,
+    not a measurement."""
+    nano = _lab(NANO_LAB)
+    with torch.device("meta"):
+        model = nano.build_model(cfg.vocab_size, style="llama", n_layer=cfg.n_layer, n_head=cfg.n_head,
+                                 n_kv_head=cfg.n_kv_head, d_model=cfg.d_model, block_size=cfg.block_size)
+    n = sum(p.numel() for p in model.parameters())
+    tokens = cfg.max_steps * cfg.micro_batch * cfg.nproc * cfg.block_size
+    per_token = 6.0 * n + 12.0 * cfg.n_layer * cfg.d_model * cfg.block_size
+    hours = per_token * tokens / (cfg.nproc * gpu_peak_flops * mfu) / 3600
+    return {"n_params": n, "chinchilla_tokens": chinchilla_budget(n_params=n)["n_tokens"], "tokens": tokens,
+            "flops": per_token * tokens, "gpu_hours": hours * cfg.nproc, "wall_hours": hours}
+
+
 def selftest(args: argparse.Namespace) -> int:
     t0, c0 = time.perf_counter(), time.process_time()
     cfg = SMALL
@@ -823,11 +851,19 @@ def selftest(args: argparse.Namespace) -> int:
     else:
         out, run = cached_run(cfg)
     print(f"\nrun folder: {out}")
+    from labkit.plots import savefig
+
+    print(f"loss curve: {savefig(loss_figure(run), HERE / 'figures' / 'loss_curve.png')}")
     print("\nChinchilla budget, hand-checkable:")
-    for label, kw in (("C = 5.88e23 FLOPs", {"compute_flops": 5.88e23}), ("N = 110M params", {"n_params": 110e6}),
+    for label, kw in (("C = 5.88e23 FLOPs", {"compute_flops": 5.88e23}), ("C = 1e21 FLOPs", {"compute_flops": 1e21}),
+                      ("N = 110M params", {"n_params": 110e6}),
                       (f"N = {run['model']['n_params']:,} (this model)", {"n_params": run["model"]["n_params"]})):
         b = chinchilla_budget(**kw)
         print(f"  {label:<28} -> N {b['n_params']:.3e}  D {b['n_tokens']:.3e}  C {b['compute_flops']:.3e}")
+    fp = full_mode_plan()
+    print(f"\nfull mode plan (estimate): {fp['n_params']:,} params, {fp['tokens']:.3e} tokens "
+          f"(Chinchilla {fp['chinchilla_tokens']:.3e}), {fp['flops']:.3e} FLOPs = {fp['gpu_hours']:.1f} GPU-hours, "
+          f"{fp['wall_hours'] * 60:.0f} min on {FULL.nproc} H100s at 40% MFU")
     d = run["data"]
     print(f"\ndata: {d['docs_in']} records -> {d['docs_kept']} documents -> {d['train_docs']} train / "
           f"{d['val_docs']} val; {d['train_tokens']:,} / {d['val_tokens']:,} tokens "

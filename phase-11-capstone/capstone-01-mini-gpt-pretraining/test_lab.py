@@ -264,3 +264,29 @@ def test_model_card_numbers_equal_the_run(lab, run):
     c = r["compute"]
     assert c["flops_6nd"] == pytest.approx(6 * n * dtok) and c["tokens_per_param"] == pytest.approx(dtok / n)
     assert c["achieved_flops_per_s"] == pytest.approx(c["flops_total"] / r["training"]["train_wall_s"])
+
+
+def test_fsdp2_strategy_trains_like_ddp(lab, tmp_path, monkeypatch):
+    """Full mode's FSDP2 path (lab 10.1's apply_fsdp2) against the DDP path, in-process on one gloo rank."""
+    import dataclasses
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(k, v)
+    (tmp_path / "data").mkdir()
+    np.save(tmp_path / "data" / "train_rows.npy", np.random.default_rng(0).integers(0, 200, size=(16, 17)).astype(np.uint16))
+    out = {}
+    for strategy in ("ddp", "fsdp2"):
+        cfg = dataclasses.replace(lab.SMALL, block_size=16, max_steps=3, warmup_steps=1, micro_batch=4, strategy=strategy)
+        spec = {"config": cfg.to_json(), "vocab_size": 200, "data": str(tmp_path / "data"), "out": str(tmp_path / strategy)}
+        (tmp_path / strategy).mkdir()
+        (tmp_path / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+        assert lab.train_worker(str(tmp_path / "spec.json")) == 0
+        out[strategy] = json.loads((tmp_path / strategy / "train.json").read_text(encoding="utf-8"))
+    assert out["fsdp2"]["losses"] == pytest.approx(out["ddp"]["losses"], abs=1e-5), (
+        "FSDP2 and DDP should compute the same losses from the same seed and rows")
+    assert out["fsdp2"]["ranks"][0]["params_sha256"] == out["ddp"]["ranks"][0]["params_sha256"]
+    assert out["ddp"]["tokens"] == 3 * 4 * 16
