@@ -300,6 +300,7 @@ def tracing_and_metrics(sol: Any, backend_url: str) -> dict[str, Any]:
     wanted = dashboard_metrics()
     return {"request_spans": len(reqs), "upstream_spans": len(ups), "linked": linked,
             "tenant_attr": all(r.attributes.get("gateway.tenant") == "acme" for r in reqs),
+            "trace_ids": [f"{r.context.trace_id:032x}" for r in reqs],
             "missing_series": sorted(wanted - exported), "dashboard_series": len(wanted)}
 
 

@@ -1113,6 +1113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="GPU scale: more requests and concurrency")
     parser.add_argument("--price-per-hour", type=float, default=0.10,
                         help="stated machine price for $/M tokens (default: $0.10/h, a 2-vCPU cloud VM)")
+    parser.add_argument("--backend-url", help="benchmark an already running OpenAI-compatible backend (e.g. "
+                        "vLLM at http://localhost:8000/v1) instead of starting the CPU one; skips the feature checks")
+    parser.add_argument("--model", default="curriculum-main", help="the model name to request with --backend-url")
     args = parser.parse_args(argv)
     if args.serve:
         return serve_forever(GatewayConfig.from_json(args.config), args.host, args.port, trace=args.trace)
@@ -1126,15 +1129,18 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     from gw_selftest import feature_checks  # the feature walk-through, in its own module
 
-    conc = (1, 4, 16, 64) if args.full else ((1, 4, 16) if args.bench else (1, 8))
-    n_req = 256 if args.full else (32 if args.bench else 8)
+    conc = (1, 16, 64, 128) if args.full else ((1, 4, 16) if args.bench else (1, 8))
+    n_req = 512 if args.full else (32 if args.bench else 8)
     max_tokens = 128 if args.full else (48 if args.bench else 16)
-    batch = 64 if args.full else 16
-    with spawn(backend_cmd(max_batch_size=batch)) as (_, binfo):
-        failures += feature_checks(sys.modules[__name__], out, binfo["url"])
-        rows = benchmark(binfo["url"], binfo["model"], conc, n_req, max_tokens, args.price_per_hour, out)
-    print(f"\n[benchmark] {n_req} streamed completions x {max_tokens} tokens (ignore_eos), curriculum model, "
-          f"1 CPU backend process (batch {batch}); price ${args.price_per_hour:.2f}/h")
+    batch = 128 if args.full else 16
+    if args.backend_url:
+        rows = benchmark(args.backend_url, args.model, conc, n_req, max_tokens, args.price_per_hour, out)
+    else:
+        with spawn(backend_cmd(max_batch_size=batch)) as (_, binfo):
+            failures += feature_checks(sys.modules[__name__], out, binfo["url"])
+            rows = benchmark(binfo["url"], binfo["model"], conc, n_req, max_tokens, args.price_per_hour, out)
+    print(f"\n[benchmark] {n_req} streamed completions x {max_tokens} tokens (ignore_eos), model {args.model}, "
+          f"{args.backend_url or f'1 CPU backend process (batch {batch})'}; price ${args.price_per_hour:.2f}/h")
     print(f"{'path':<8} {'conc':>4} {'tok/s':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'TPOT p50':>9} {'$/M tok':>8} "
           f"{'ok':>4} {'fail':>4}")
     for r in rows:

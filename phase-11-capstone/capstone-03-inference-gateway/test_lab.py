@@ -223,8 +223,14 @@ def test_sigterm_drain_loses_no_stream(lab, backend, tmp_path):
     assert res["exit_code"] == 0, f"the gateway must exit (code 0) once drained, got {res['exit_code']}"
 
 
-def test_traces_and_dashboard_metrics(lab, backend):
-    res = g.tracing_and_metrics(lab, backend)
+def test_traces_logs_and_dashboard_metrics(lab, backend, caplog):
+    with caplog.at_level("INFO", logger="gateway"):
+        res = g.tracing_and_metrics(lab, backend)
+    lines = [json.loads(lab._JsonFormatter().format(r)) for r in caplog.records if r.getMessage() == "request"]
+    assert len(lines) == 2 and all(ln["tenant"] == "acme" and ln["status"] == 200 for ln in lines), (
+        f"one JSON log line per request (tenant, status, ...) expected, got {lines}")
+    assert {ln["trace_id"] for ln in lines} == set(res["trace_ids"]), "log lines must carry their span's trace id"
+    assert lines[0]["completion_tokens"] == 8 or lines[1]["completion_tokens"] == 8, "metered tokens in the log"
     assert res["request_spans"] == 2 and res["linked"] == 2 and res["tenant_attr"], (
         f"each request needs a gateway.request span (tenant attribute) with a gateway.upstream child: {res}")
     assert not res["missing_series"], f"the Grafana dashboard queries series the gateway does not export: " \
@@ -236,8 +242,9 @@ def test_traces_and_dashboard_metrics(lab, backend):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.given
-def test_quantized_backend_is_routable(lab):
+def test_routes_by_model_to_a_quantized_backend(lab, backend):
+    """Two models behind one gateway: the session backend (curriculum-main) and an INT8 copy
+    (Phase 9 lab 2's quantize_model) in its own server; the ``model`` field picks the backend."""
     import torch
 
     from labkit import load_lab
@@ -249,10 +256,22 @@ def test_quantized_backend_is_routable(lab):
     with be.p10().serve_observed(engine, model_name=name) as bep:
         cfg = lab.GatewayConfig.from_dict({
             "tenants": [{"name": "acme", "api_key": "sk-acme-test", "rate_per_s": 100.0, "burst": 100}],
-            "backends": [{"name": "int8", "url": bep.base_url, "models": [name]}]})
-        with lab.serve_gateway_in_thread(cfg) as ep:
-            out = ep.client().completions.create(model=name, prompt="Once upon a time", max_tokens=8, temperature=0)
-    assert out.usage.completion_tokens >= 1 and out.choices[0].text
+            "backends": [{"name": "fp32", "url": backend, "models": [g.MODEL]},
+                         {"name": "int8", "url": bep.base_url, "models": [name]}]})
+        with lab.serve_gateway_in_thread(cfg) as ep, httpx.Client(timeout=60) as c:
+            client = ep.client()
+            models = sorted(m.id for m in client.models.list().data)
+            q = client.completions.create(model=name, prompt="Once upon a time", max_tokens=8, temperature=0)
+            f = client.completions.create(model=g.MODEL, prompt="Once upon a time", max_tokens=8, temperature=0)
+            unknown = g.post(c, ep.base_url, "sk-acme-test", {"model": "gpt-9", "prompt": "hi", "max_tokens": 2})
+            health = c.get(ep.base_url.removesuffix("/v1") + "/healthz").json()
+    assert models == sorted([g.MODEL, name]), f"/v1/models must list every routed model, got {models}"
+    assert q.model == name and f.model == g.MODEL, (
+        f"the model field must pick the backend: asked {name} got {q.model}, asked {g.MODEL} got {f.model}")
+    assert q.choices[0].text and f.choices[0].text
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found", (
+        f"a model no backend serves must get 404 model_not_found, got {unknown.status_code}")
+    assert all(b["inflight"] == 0 for b in health["backends"]), "in-flight counts must return to 0"
 
 
 @pytest.mark.given
