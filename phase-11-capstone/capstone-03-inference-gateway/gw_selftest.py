@@ -77,10 +77,11 @@ def redis_server(timeout: float = 10.0) -> Iterator[str]:
 
 def gateway_config(sol: Any, backends: list[tuple[str, str]], *, redis_url: str | None = None,
                    max_inflight: int = 64, free_burst: int = 2, **kw: Any) -> Any:
-    """Two tenants: ``acme`` (big bucket) and ``free`` (0.5 requests/s, burst ``free_burst``)."""
+    """Two tenants: ``acme`` (big bucket) and ``free`` (one request per 20 s, burst ``free_burst``: no refill
+    during a check, however slow the machine)."""
     return sol.GatewayConfig.from_dict({
         "tenants": [{"name": "acme", "api_key": "sk-acme-test", "rate_per_s": 1000.0, "burst": 1000},
-                    {"name": "free", "api_key": "sk-free-test", "rate_per_s": 0.5, "burst": free_burst}],
+                    {"name": "free", "api_key": "sk-free-test", "rate_per_s": 0.05, "burst": free_burst}],
         "backends": [{"name": n, "url": u, "models": [MODEL]} for n, u in backends],
         "redis_url": redis_url, "max_inflight": max_inflight, **kw})
 
