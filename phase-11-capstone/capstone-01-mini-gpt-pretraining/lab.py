@@ -103,8 +103,8 @@ class CapstoneConfig:
     nproc: int = 2
     strategy: str = "ddp"         # "ddp" (CPU and GPU) or "fsdp2" (GPU; works on CPU too)
     micro_batch: int = 8
-    max_steps: int = 120
-    warmup_steps: int = 12
+    max_steps: int = 80
+    warmup_steps: int = 8
     max_lr: float = 3e-3
     min_lr: float = 3e-4
     weight_decay: float = 0.1
