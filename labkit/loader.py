@@ -62,9 +62,11 @@ def resolve_lab(name: str | os.PathLike, root: Path = REPO_ROOT) -> Path:
         if len(parts) != 2:
             raise FileNotFoundError(f"cannot read lab name {text!r}: use 1.1 or phase-01/lab-01")
         phase_prefix, lab_prefix = parts
+    # "11.3" also names phase-11-capstone/capstone-03-...
+    prefixes = (lab_prefix, "capstone-" + lab_prefix[4:]) if m else (lab_prefix,)
     hits = [
         p for p in lab_dirs(root)
-        if p.parent.name.startswith(phase_prefix) and p.name.startswith(lab_prefix)
+        if p.parent.name.startswith(phase_prefix) and p.name.startswith(prefixes)
     ]
     if len(hits) != 1:
         known = ", ".join(str(p.relative_to(root)) for p in lab_dirs(root)) or "none yet"
