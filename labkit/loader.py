@@ -21,13 +21,15 @@ TARGETS = ("solution", "lab")
 
 
 def lab_dirs(root: Path = REPO_ROOT) -> list[Path]:
-    """Every folder that keeps the lab contract under ``root``, sorted: ``phase-*/lab-*``,
-    ``phase-11-capstone/capstone-*`` and the drills under ``interview-prep/`` (any folder there
-    holding a ``solution.py``)."""
+    """Every folder that keeps the lab contract under ``root``: ``phase-*/lab-*`` and
+    ``phase-11-capstone/capstone-*`` sorted, then the drills under ``interview-prep/`` (any folder
+    there holding a ``solution.py``), sorted."""
     labs = [p for p in root.glob("phase-*/lab-*") if p.is_dir()]
     labs += [p for p in root.glob("phase-11-capstone/capstone-*") if p.is_dir()]
-    labs += [p.parent for p in root.glob("interview-prep/**/solution.py")]
-    return sorted(set(labs))
+    drills = sorted({p.parent for p in root.glob("interview-prep/**/solution.py")})
+    # phases first (in curriculum order), drills last: a drill that needs the curriculum model then
+    # finds it built by Phase 5 instead of building it itself
+    return sorted(labs) + drills
 
 
 def _is_lab_dir(path: Path, root: Path) -> bool:
@@ -60,9 +62,11 @@ def resolve_lab(name: str | os.PathLike, root: Path = REPO_ROOT) -> Path:
         if len(parts) != 2:
             raise FileNotFoundError(f"cannot read lab name {text!r}: use 1.1 or phase-01/lab-01")
         phase_prefix, lab_prefix = parts
+    # "11.3" also names phase-11-capstone/capstone-03-...
+    prefixes = (lab_prefix, "capstone-" + lab_prefix[4:]) if m else (lab_prefix,)
     hits = [
         p for p in lab_dirs(root)
-        if p.parent.name.startswith(phase_prefix) and p.name.startswith(lab_prefix)
+        if p.parent.name.startswith(phase_prefix) and p.name.startswith(prefixes)
     ]
     if len(hits) != 1:
         known = ", ".join(str(p.relative_to(root)) for p in lab_dirs(root)) or "none yet"
