@@ -350,8 +350,9 @@ def test_ui_in_headless_chromium(lab, pipe):
 
 
 @pytest.mark.given
-def test_thread_safety_of_embedding(pipe):
+def test_thread_safety_of_embedding(lab):
     """Many threads embedding at once must not trip the Rust tokenizer ("Already borrowed")."""
+    pipe = lab.HybridRAGPipeline(R.get_embedder())
     errors = []
 
     def work(i):
