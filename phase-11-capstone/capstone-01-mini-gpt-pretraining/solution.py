@@ -22,8 +22,8 @@ The chain, every link an earlier lab's solution loaded by path (``labkit.load_la
 
 The compute plan starts from Chinchilla (Hoffmann et al. 2022): :func:`chinchilla_budget`.
 
-Run: ``python solution.py`` (small mode: the planted Phase 10 crawl, a ~0.3M-parameter model, 2 CPU ranks;
-about a minute, cached by content in ``.cache/capstones/``; ``--fresh`` rebuilds into ``outputs/run``).
+Run: ``python solution.py`` (small mode: the planted Phase 10 crawl, a 0.23M-parameter model, 2 CPU ranks;
+about 1.5 minutes, cached by content in ``.cache/capstones/``; ``--fresh`` rebuilds into ``outputs/run``).
 Full mode on GPUs: ``python solution.py --full --inputs /data/cc-wet --nproc 8 --out /scratch/run``.
 """
 from __future__ import annotations
@@ -809,15 +809,17 @@ def _locked(path: Path) -> Iterator[None]:
 def cached_run(cfg: CapstoneConfig = SMALL, log: Any = print) -> tuple[Path, dict]:
     """``(folder, run.json)`` of the small-mode run of THIS module with ``cfg``, built once per content.
 
-    The folder is ``<cache>/capstones/capstone01-<key16>`` where the key hashes this file, the
-    composed labs' solutions, the config and the torch version: the self-test builds it, the grader
+    The folder is ``<cache>/capstones/capstone01-<stem>-<key16>`` where the key hashes this file, the
+    composed labs' solutions, the config, the torch version and whether the registry lists the real
+    Common Crawl records: the self-test builds it, the grader
     reuses it, and any change rebuilds. Built in a temp folder and renamed into place under a lock.
     """
-    from labkit.data import cache_dir
+    from labkit.data import cache_dir, registry
 
     script = Path(__file__).resolve()
-    key = hashlib.sha256((_code_hash(script) + json.dumps(cfg.to_json(), sort_keys=True) + torch.__version__)
-                         .encode()).hexdigest()[:16]
+    real_crawl = REAL_CRAWL[0] in registry()  # registering the real Common Crawl records changes the inputs
+    key = hashlib.sha256((_code_hash(script) + json.dumps(cfg.to_json(), sort_keys=True) + torch.__version__
+                          + str(real_crawl)).encode()).hexdigest()[:16]
     root = cache_dir() / "capstones"
     final = root / f"capstone01-{script.stem}-{key}"
     if not (final / "run.json").is_file():
