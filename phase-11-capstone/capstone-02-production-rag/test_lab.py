@@ -218,6 +218,7 @@ def test_paired_bootstrap_equals_phase8_ci_and_scipy(lab):
     assert pb["ci"][1] == pytest.approx(ref.confidence_interval.high, abs=0.01)
 
 
+@pytest.mark.given
 def test_paired_bootstrap_bad_input(lab):
     with pytest.raises(ValueError, match="paired"):
         lab.paired_bootstrap([1, 2, 3], [1, 2])
