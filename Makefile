@@ -25,8 +25,9 @@ phase_dir = $(wildcard phase-$(shell printf %02d $(1))-*)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup test selftest check run diff progress figures bench labs labs-check lint doctor clean need-lab model \
-        test-system-design system-design test-interview-prep \
-        $(foreach n,1 2 3 4 5 6 7 8 9 10 11,test-phase-$(n) selftest-phase-$(n))
+        test-system-design system-design test-interview-prep
+# test-phase-N is a pattern rule: GNU make skips implicit-rule search for .PHONY targets, so the
+# test-phase-N names must not be listed above (they were, and `make test-phase-N` did nothing).
 
 help: ## list the targets
 	@echo "LLM engineer curriculum. Usage: make <target> [LAB=1.1]"

@@ -424,7 +424,8 @@ def test_disconnected_clients_free_their_slots(lab, served):
                     if h["running"] == 0 and h["waiting"] == 0:
                         break
                     await asyncio.sleep(0.05)
-                r = await client.post(url, json={"model": ep.model, "prompt": "Tom", "max_tokens": 5})
+                r = await client.post(url, json={"model": ep.model, "prompt": "Tom", "max_tokens": 5,
+                                                    "temperature": 0, "ignore_eos": True})
                 return h, r
 
         health, r = asyncio.run(go())
