@@ -412,6 +412,41 @@ class Endpoint:
 
 
 @contextlib.contextmanager
+def serve_app(app, *, model_name: str, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 120.0,
+              lifespan: str = "on", thread_name: str = "asgi-server") -> Iterator[Endpoint]:
+    """Run uvicorn over any ASGI ``app`` in a background thread; yield its :class:`Endpoint`; stop it on exit.
+
+    ``port=0`` binds a free port (the socket is bound before uvicorn starts, so there is no race).
+    Labs that build their own OpenAI-compatible app (Phase 7's RAG service, Phase 9's continuous-batching
+    server, Phase 10's observed server) serve it through this.
+
+    Raises:
+        RuntimeError: the server did not start within ``startup_timeout`` seconds.
+    """
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan, timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=thread_name)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            raise RuntimeError(f"the {thread_name} did not start (see the log above)")
+        time.sleep(0.02)
+    try:
+        yield Endpoint(base_url=f"http://{host}:{sock.getsockname()[1]}/v1", model=model_name)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+
+
+@contextlib.contextmanager
 def serve_in_thread(model: str | os.PathLike = "main", *, host: str = "127.0.0.1", port: int = 0,
                     model_name: str | None = None, startup_timeout: float = 120.0) -> Iterator[Endpoint]:
     """Run uvicorn serving ``model`` in a background thread; yield its :class:`Endpoint`; stop it on exit.
@@ -421,28 +456,10 @@ def serve_in_thread(model: str | os.PathLike = "main", *, host: str = "127.0.0.1
     Raises:
         RuntimeError: the server did not start within ``startup_timeout`` seconds.
     """
-    import uvicorn
-
     app = create_app(model, model_name=model_name)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="llm-server")
-    thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            sock.close()
-            raise RuntimeError("the LLM server did not start (see the log above)")
-        time.sleep(0.02)
-    try:
-        yield Endpoint(base_url=f"http://{host}:{sock.getsockname()[1]}/v1", model=app.state.model_name)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+    with serve_app(app, model_name=app.state.model_name, host=host, port=port, startup_timeout=startup_timeout,
+                   lifespan="off", thread_name="LLM server") as ep:
+        yield ep
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1264,30 +1264,13 @@ def create_app(pipeline: RAGPipeline, stream_delay_s: float = 0.0):
 
 @contextmanager
 def serve_app(app, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 60.0) -> Iterator[str]:
-    """Run ``app`` under uvicorn in a thread (a free port when ``port=0``); yield its base URL."""
-    import socket
+    """Run ``app`` under uvicorn in a thread (a free port when ``port=0``); yield its base URL
+    (``labkit.llm_server.serve_app`` does the work)."""
+    from labkit.llm_server import serve_app as _serve
 
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=3))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="rag-server")
-    thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            sock.close()
-            raise RuntimeError("the RAG server did not start (see the log above)")
-        time.sleep(0.02)
-    try:
-        yield f"http://{host}:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with _serve(app, model_name="rag", host=host, port=port, startup_timeout=startup_timeout, lifespan="off",
+                thread_name="RAG server") as ep:
+        yield ep.base_url.removesuffix("/v1")
 
 
 def read_sse(response) -> Iterator[tuple[str, Any, float]]:

@@ -42,9 +42,7 @@ import contextlib
 import json
 import math
 import os
-import socket
 import sys
-import threading
 import time
 import uuid
 from collections import deque
@@ -61,7 +59,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from labkit import load_lab, seed_everything
-from labkit.llm_server import ChatRequest, Common, CompletionRequest, Endpoint, OpenAIError, _error_body
+from labkit.llm_server import ChatRequest, Common, CompletionRequest, OpenAIError, _error_body
 
 
 class CompletionBody(CompletionRequest):
@@ -861,28 +859,11 @@ def serve_in_thread(engine: Engine, *, model_name: str = "curriculum-main", host
     """Run uvicorn over :func:`create_app` in a background thread; yield a ``labkit.llm_server.Endpoint``
     (``base_url`` ends in ``/v1``; ``.client()`` is an ``openai.OpenAI``); stop it on exit.
     ``port=0`` binds a free port before uvicorn starts (no race)."""
-    import uvicorn
+    from labkit.llm_server import serve_app
 
-    app = create_app(engine, model_name)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="cb-server")
-    thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            sock.close()
-            raise RuntimeError("the server did not start (see the log above)")
-        time.sleep(0.02)
-    try:
-        yield Endpoint(base_url=f"http://{host}:{sock.getsockname()[1]}/v1", model=model_name)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+    with serve_app(create_app(engine, model_name), model_name=model_name, host=host, port=port,
+                   startup_timeout=startup_timeout, thread_name="cb-server") as ep:
+        yield ep
 
 
 # ---------------------------------------------------------------------------------------------

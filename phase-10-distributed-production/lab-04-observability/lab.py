@@ -36,7 +36,6 @@ import json
 import math
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -378,33 +377,14 @@ def create_observed_app(engine: ObservedEngine, model_name: str = "curriculum-ma
 @contextlib.contextmanager
 def serve_observed(engine: ObservedEngine, *, model_name: str = "curriculum-main", host: str = "127.0.0.1",
                    startup_timeout: float = 60.0) -> Iterator[Any]:
-    """uvicorn over :func:`create_observed_app` in a background thread on a free port (lab 9.3's
-    ``serve_in_thread``, which builds its own app, with our app instead); yields a
+    """uvicorn over :func:`create_observed_app` in a background thread on a free port (``labkit.llm_server.serve_app``
+    over our app, as lab 9.3's ``serve_in_thread`` does over its own); yields a
     ``labkit.llm_server.Endpoint``."""
-    import uvicorn
+    from labkit.llm_server import serve_app
 
-    from labkit.llm_server import Endpoint
-
-    app = create_observed_app(engine, model_name)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="obs-server")
-    thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            sock.close()
-            raise RuntimeError("the server did not start (see the log above)")
-        time.sleep(0.02)
-    try:
-        yield Endpoint(base_url=f"http://{host}:{sock.getsockname()[1]}/v1", model=model_name)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+    with serve_app(create_observed_app(engine, model_name), model_name=model_name, host=host,
+                   startup_timeout=startup_timeout, thread_name="obs-server") as ep:
+        yield ep
 
 
 def scrape(url: str, timeout: float = 30.0) -> dict[str, float]:
