@@ -3,6 +3,7 @@ paired bootstrap against hand cases, Phase 8 lab 1 and scipy, the scorecard and 
 set, the service under concurrent load on loopback, and the web UI in a real headless Chromium."""
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -303,6 +304,9 @@ def _browser():
     binary = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
     driver = shutil.which("chromedriver")
     if not binary or not driver:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("Chromium + chromedriver are missing under CI=true: .ci/run must "
+                        "`apt-get install -y chromium chromium-driver`")
         pytest.skip("no Chromium + chromedriver on this machine (Debian/Ubuntu: apt-get install chromium "
                     "chromium-driver; .ci/run installs them)")
     opts = webdriver.ChromeOptions()
