@@ -19,6 +19,11 @@ endif
 export MPLBACKEND := Agg
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# llama-cpp-python (capstone 9) ships only as source: pip compiles llama.cpp during `make setup`.
+# Build just the shared library (no llava, tests, examples, tools or server), which is all the
+# Python package needs. Override CMAKE_ARGS for a GPU build, e.g. CMAKE_ARGS=-DGGML_CUDA=on.
+CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+export CMAKE_ARGS
 
 LAB_DIR = $(shell $(PYTHON) -m labkit resolve "$(LAB)")
 phase_dir = $(wildcard phase-$(shell printf %02d $(1))-*)
