@@ -3,8 +3,10 @@
 References: the problem generator's own answers (the teacher's solver must reproduce all of them),
 Phase 8 lab 1's GSM8K answer filters, ``peft``'s ``merge_and_unload`` (merged weights and logits),
 ``numpy`` for the paired bootstrap, the real ``openai`` client against the teacher endpoint, and
-the whole chain: once at smoke size in a temporary folder, and the cached small-mode run whose
-scorecard must show SFT+DPO >= SFT >= base with confidence intervals.
+the whole chain: the cached mini-mode run (``assistant_dir("mini")``, built once per checkout by the
+self-test or by the first test that needs it), whose artifacts must reload in peft and whose
+scorecard must show SFT+DPO >= SFT >= base with confidence intervals. The README's small mode
+(``solution.py --small``) is the same code at a larger size and is not rebuilt by the tests.
 """
 from __future__ import annotations
 
@@ -223,20 +225,20 @@ def test_teacher_endpoint_through_openai_client(lab, tmp_path):
     assert not {k["instruction"] for k in kept} & seed_texts, "copied seeds must not survive the filters"
 
 
-# ------------------------------------------------------------------------ the chain
+# ------------------------------------------------------------------------ the chain (the cached mini run)
 @pytest.fixture(scope="module")
-def smoke_run(lab, tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke")
-    return out, lab.build_assistant(lab.SMOKE, out)
+def mini_run(lab):
+    folder = lab.assistant_dir("mini")
+    return folder, lab.load_run(folder)
 
 
-def test_smoke_chain_writes_every_artifact(lab, smoke_run):
-    out, run = smoke_run
+def test_chain_writes_every_artifact(lab, mini_run):
+    out, run = mini_run
     for rel in ("data/raw.jsonl", "data/sft.jsonl", "data/dpo.jsonl", "data/heldout.jsonl", "data/report.md",
                 "sft/config.json", "dpo/model.safetensors", "sft_adapter/adapter_config.json",
                 "dpo_adapter/adapter_model.safetensors", "run.json", "EVAL_REPORT.md", "MODEL_CARD.md"):
         assert (out / rel).is_file(), f"{rel} was not written"
-    assert json.loads((out / "run.json").read_text()) == json.loads(json.dumps(run))
+    assert run["config"] == json.loads(lab.MINI.to_json()), "the cached run was built with another config"
     assert run["data"]["sft_examples"] == len((out / "data" / "sft.jsonl").read_text().splitlines())
     assert run["dpo"]["pairs"] == len((out / "data" / "dpo.jsonl").read_text().splitlines()) > 0
     heldout = [json.loads(x)["instruction"] for x in (out / "data" / "heldout.jsonl").read_text().splitlines()]
@@ -244,13 +246,13 @@ def test_smoke_chain_writes_every_artifact(lab, smoke_run):
     assert not set(heldout) & train, "a held-out problem is in the training data"
 
 
-def test_smoke_adapter_reloads_in_peft(lab, smoke_run):
+def test_adapter_reloads_in_peft(lab, mini_run):
     """The saved SFT adapter is a real peft adapter: base + adapter, merged by peft, equals sft/."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    out, run = smoke_run
-    base = AutoModelForCausalLM.from_pretrained(lab.base_model_dir(lab.SMOKE))
+    out, run = mini_run
+    base = AutoModelForCausalLM.from_pretrained(lab.base_model_dir(lab.MINI))
     merged = PeftModel.from_pretrained(base, out / "sft_adapter").merge_and_unload()
     sft = AutoModelForCausalLM.from_pretrained(out / "sft")
     ref = sft.state_dict()
@@ -260,8 +262,8 @@ def test_smoke_adapter_reloads_in_peft(lab, smoke_run):
     assert any(not torch.equal(dpo[k], ref[k]) for k in ref), "DPO did not change the SFT weights"
 
 
-def test_model_card_numbers_equal_the_run(lab, smoke_run):
-    out, run = smoke_run
+def test_model_card_numbers_equal_the_run(lab, mini_run):
+    out, run = mini_run
     card = (out / "MODEL_CARD.md").read_text()
     for section in ("## Intended use", "## Out of scope", "## Training data", "## Evaluation", "## Limitations"):
         assert section in card, f"the model card lacks {section!r}"
@@ -272,30 +274,28 @@ def test_model_card_numbers_equal_the_run(lab, smoke_run):
     assert f"{run['data']['kept']} kept" in card and f"{run['prefs']['pairs']} pairs" in card
 
 
-@pytest.fixture(scope="module")
-def small_run(lab):
-    folder = lab.assistant_dir("small")
-    return folder, lab.load_run(folder)
-
-
-def test_small_scorecard_dpo_ge_sft_ge_base(lab, small_run):
-    folder, run = small_run
+def test_mini_scorecard_dpo_ge_sft_ge_base(lab, mini_run):
+    """The capstone's claim on the tests' (mini) config. SFT must beat base with a paired CI above 0;
+    SFT+DPO may tie SFT (measured: its few DPO steps change no greedy answer at this size)."""
+    folder, run = mini_run
     sc = run["scorecard"]
     print("\n" + lab.scorecard_table(sc) + "\n\n" + lab.deltas_table(sc))
-    assert run["data"]["sft_examples"] >= 800, f"only {run['data']['sft_examples']} SFT examples (want ~1k)"
-    assert sc["n"] >= 200
+    assert run["data"]["sft_examples"] >= 150, f"only {run['data']['sft_examples']} SFT examples (want ~170)"
+    assert sc["n"] >= 80
     assert lab.scorecard_ok(sc) == [], lab.scorecard_ok(sc)
     acc = {n: m["accuracy"] for n, m in sc["models"].items()}
-    assert acc["SFT"] >= acc["base"] + 0.2, f"SFT should clearly beat the base model, got {acc}"
+    gain = next(d for d in sc["deltas"] if (d["a"], d["b"]) == ("SFT", "base"))
+    assert acc["SFT"] >= acc["base"] + 0.05 and gain["ci"][0] > 0, (
+        f"SFT should beat the base model with a paired CI above 0, got {acc}, SFT vs base {gain}")
     assert acc["SFT+DPO"] >= acc["SFT"], f"DPO lost accuracy: {acc}"
     for m in sc["models"].values():
         assert re.fullmatch(r"\d\.\d+", f"{m['accuracy_ci'][0]:.3f}")  # CIs are numbers, printed above
 
 
-def test_small_scorecard_is_reproducible(lab, small_run):
+def test_mini_scorecard_is_reproducible(lab, mini_run):
     """Greedy answers of the cached SFT+DPO model, regenerated now, equal the ones the scorecard scored."""
     l1 = load_lab("phase-06-finetuning-instruction/lab-01-sft")
-    folder, run = small_run
+    folder, run = mini_run
     items = run["scorecard"]["items"][:64]  # the first generation batch, padded exactly as when scored
     tok = l1.load_tokenizer(folder / "dpo")
     model = l1.load_model(folder / "dpo", tok).eval()
