@@ -729,11 +729,13 @@ class BugTask:
 
 
 def _known_fix(buggy: str, correct: str) -> str:
-    """The upstream correct code followed by the buggy file's trailing docstring, so the diff
-    from ``buggy`` touches the code only (the upstream correct files drop the docstring)."""
-    code, sep, doc = buggy.partition('\n"""')
-    tail = sep + doc if sep else ""
-    return correct.strip("\n") + "\n" + ("\n" + tail.lstrip("\n") if tail else "")
+    """The buggy file with its code replaced by the upstream correct code. Upstream's correct
+    files drop the buggy file's docstring and append alternative versions inside a string
+    block, so only the code before the first triple-quote line of each is compared: the diff from
+    ``buggy`` then touches the defect only (usually one line)."""
+    b_code = buggy.partition('\n"""')[0].strip("\n")
+    c_code = correct.partition('\n"""')[0].strip("\n")
+    return buggy.replace(b_code, c_code, 1)
 
 
 def quixbugs_names() -> list[str]:
@@ -1007,10 +1009,10 @@ def reference_apply(old: str, diff: str, path: str, expected: str | None) -> tup
     return res[0], res[1]
 
 
-def _changed_lines(t: BugTask) -> int:
-    """Lines removed or added by the known fix (a one-line change counts 2: one out, one in)."""
-    return sum(1 for ln in make_unified_diff(t.buggy, t.fixed, t.program).split("\n")[2:]
-               if ln[:1] in "+-" and ln[:1])
+def _changed_lines(t: BugTask) -> str:
+    """``-removed +added`` lines of the known fix's diff."""
+    body = [ln for ln in make_unified_diff(t.buggy, t.fixed, t.program).split("\n")[2:] if ln[:1] in ("+", "-")]
+    return f"-{sum(ln[0] == '-' for ln in body)} +{sum(ln[0] == '+' for ln in body)}"
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -1082,7 +1084,8 @@ def full_eval(args: argparse.Namespace) -> int:
     noop = run_eval(tasks, noop_policy, limits=limits)
     rows = [(t.name, "json" if t.json_lines is not None else "python",
              f"{len(t.json_lines[::2])}/{len(t.json_lines)}" if t.json_lines is not None else "same file",
-             _changed_lines(t), "pass" if a.heldout_pass else "FAIL",
+             _changed_lines(t), "pass" if a.heldout_pass else "FAIL" + (f" ({a.heldout_killed})" if a.heldout_killed
+                                                                       else ""),
              "pass" if b.heldout_pass else ("fail" + (f" ({b.heldout_killed})" if b.heldout_killed else "")),
              f"{a.wall_s:.1f}")
             for t, a, b in zip(tasks, ora["results"], noop["results"])]

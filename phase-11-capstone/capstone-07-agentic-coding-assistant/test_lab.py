@@ -357,3 +357,11 @@ def test_mirror_is_never_collected(lab, tasks):
     with lab.Workspace.create(t.files(t.buggy, heldout=False)) as ws:
         links = [p for p in ws.root.rglob("*") if p.is_symlink()]
         assert not links and "shared/data" not in str(ws.root)
+
+
+@pytest.mark.given
+def test_known_fixes_touch_only_a_few_lines(lab, tasks):
+    """The scripted policy's diffs are the QuixBugs defects, not a rewrite of the file."""
+    sizes = {n: lab._changed_lines(t) for n, t in tasks.items()}
+    big = {n: s for n, s in sizes.items() if sum(int(x[1:]) for x in s.split()) > 4}
+    assert len(sizes) == 40 and not big, big
