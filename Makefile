@@ -24,6 +24,8 @@ export TOKENIZERS_PARALLELISM := false
 # Python package needs. Override CMAKE_ARGS for a GPU build, e.g. CMAKE_ARGS=-DGGML_CUDA=on.
 CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 export CMAKE_ARGS
+CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+export CMAKE_BUILD_PARALLEL_LEVEL
 
 LAB_DIR = $(shell $(PYTHON) -m labkit resolve "$(LAB)")
 phase_dir = $(wildcard phase-$(shell printf %02d $(1))-*)
