@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from labkit import curriculum_model_path
 
 PROMPTS = ["Once upon a time", "One day, a little girl named Lily", "Tom had a red ball.", "The sun was hot and",
-           "There was a big dog", "Mom said,", "In the park, the kids", "A small cat saw a bird"]
-N_NEW = 20
+           "There was a big dog", "In the park, the kids"]
+N_NEW = 16
 SYSTEM = ("You are a kind storyteller for small children. You tell short, happy stories about animals, "
           "friends and families, with simple words and a nice ending. ")
 
@@ -65,7 +65,7 @@ def refs(base):
             out.append((ids, new[:next((i for i, t in enumerate(new) if t in (0, 2)), len(new))]))
         return out
 
-    return {"plain": greedy(PROMPTS, N_NEW), "shared": greedy([SYSTEM + p for p in PROMPTS[:5]], 10)}
+    return {"plain": greedy(PROMPTS, N_NEW), "shared": greedy([SYSTEM + p for p in PROMPTS[:4]], 10)}
 
 
 def _run(lab, engine, pairs, n):
@@ -139,9 +139,9 @@ def test_batch_greedy_token_identical_to_hf(lab, base, refs):
     eng = lab.PagedEngine(model, tok, lab.EngineConfig(num_blocks=64, block_size=16, max_num_seqs=8,
                                                        max_num_batched_tokens=128))
     got = _run(lab, eng, refs["plain"], N_NEW)
-    msg = _diff_msg(got, refs["plain"], "batch of 8")
+    msg = _diff_msg(got, refs["plain"], f"batch of {len(PROMPTS)}")
     assert not msg, msg + ". Check positions (MiniGPT derives them from the mask) and that decodes read their own rows"
-    assert eng.stats["max_running"] == 8, "all 8 requests should run together (continuous batching)"
+    assert eng.stats["max_running"] == len(PROMPTS), "all requests should run together (continuous batching)"
     assert eng.kv.pool.num_free_blocks == 64, "finished requests must give every block back"
 
 
@@ -151,7 +151,7 @@ def test_preemption_by_recompute_with_a_tiny_block_pool(lab, base, refs):
                                                        max_num_batched_tokens=8))
     got = _run(lab, eng, refs["plain"], N_NEW)
     assert eng.stats["preemptions"] > 0, (
-        "12 blocks of 4 slots cannot hold 8 requests of ~30 tokens: the scheduler must preempt (free the newest "
+        "12 blocks of 4 slots cannot hold 6 requests of ~25 tokens: the scheduler must preempt (free the newest "
         "running request's blocks and requeue it) when allocate_slots returns None")
     msg = _diff_msg(got, refs["plain"], f"with {eng.stats['preemptions']} preemptions")
     assert not msg, msg + (". A preempted request must be recomputed from prompt + the tokens it already produced, "
@@ -218,7 +218,7 @@ def _simulate_step(sched, plan, rng, max_tokens):
         s.finish_reason = "done"
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_scheduler_property_no_leak_no_double_free_refcounts(lab, data):
     num_blocks = data.draw(st.integers(6, 24), label="num_blocks")
@@ -320,10 +320,10 @@ def test_quantized_weights_match_the_unpaged_quantized_model(lab, base, refs, me
     model, tok = base
     qmodel = lab.qlab.quantize_model(model, method).eval()
     eng = lab.PagedEngine(qmodel, tok, lab.EngineConfig(num_blocks=32, max_num_seqs=4, max_num_batched_tokens=64))
-    pairs = refs["plain"][:4]
-    got = _run(lab, eng, pairs, 12)
+    pairs = refs["plain"][:2]
+    got = _run(lab, eng, pairs, 10)
     for (ids, _), g in zip(pairs, got):
-        ref = qmodel.generate(torch.tensor([ids]), 12, temperature=0.0)[0, len(ids):].tolist()
+        ref = qmodel.generate(torch.tensor([ids]), 10, temperature=0.0)[0, len(ids):].tolist()
         ref = ref[:next((i for i, t in enumerate(ref) if t in (0, 2)), len(ref))]
         assert g == ref, f"{method}: paged engine {g} != the same quantized model's own greedy {ref}"
 
@@ -333,7 +333,7 @@ def test_speculative_option_keeps_greedy_outputs(lab, base, refs):
     draft = lab.kvlab.load_curriculum_minigpt("draft")
     eng = lab.PagedEngine(model, tok, lab.EngineConfig(num_blocks=64, max_num_seqs=4, max_num_batched_tokens=64,
                                                        speculative_k=3), draft=draft)
-    pairs = refs["plain"][:3]
+    pairs = refs["plain"][:2]
     got = _run(lab, eng, pairs, N_NEW)
     assert eng.stats["spec_rounds"] > 0, "speculative_k > 0 must decode greedy requests with lab 9.5's decoder"
     msg = _diff_msg(got, pairs, "speculative decoding")
