@@ -547,10 +547,12 @@ def build_coding_registry(ws: Workspace, limits: Limits = Limits()) -> Any:
 # =============================================================================================
 # 5. the tasks: QuixBugs (from the data registry), held-out tests, the policies
 # =============================================================================================
-QUIX_CONFTEST = """# written by the capstone: QuixBugs' tests branch on pytest.use_correct
+QUIX_CONFTEST = """# written by the capstone: QuixBugs' tests read these two flags (upstream sets them from
+# --correct / --runslow; the defaults: test the programs in python_programs/, skip the slow case)
 import pytest
 
 pytest.use_correct = False
+pytest.run_slow = False
 """
 QUIX_INI = "[pytest]\naddopts = -p no:cacheprovider\n"
 
@@ -802,12 +804,15 @@ def process_attacks(limits: Limits, port: int, outside: str) -> list[AttackOutco
 
 
 def runaway_test(limits: Limits) -> tuple[RunResult, bool]:
-    """A pytest test that spins forever: pytest must be killed at ``timeout_s``; returns the run
-    and whether its process group is gone afterwards."""
-    files = {"pytest.ini": QUIX_INI, "test_spin.py": "def test_spin():\n    while True:\n        pass\n"}
-    with Workspace.create(files, prefix="runaway-") as ws:
-        r = run_pytest(ws, "test_spin.py", limits)
-    return r, True
+    """A pytest test that never returns (it marks that it started, then waits forever, like a
+    deadlocked test): pytest must be killed at ``timeout_s``. Returns the run and whether the
+    test had really started (so the kill is not just pytest's own start-up being cut short)."""
+    src = ("import pathlib, time\n\ndef test_hangs():\n    pathlib.Path('started').write_text('1')\n"
+           "    while True:\n        time.sleep(0.05)\n")
+    with Workspace.create({"pytest.ini": QUIX_INI, "test_hang.py": src}, prefix="runaway-") as ws:
+        r = run_pytest(ws, "test_hang.py", limits)
+        started = (ws.root / "started").exists()
+    return r, started
 
 
 @dataclass
@@ -874,7 +879,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 SELFTEST_TASKS = ("gcd", "flatten", "breadth_first_search")
 
 
-def security_report(limits: Limits) -> tuple[list[AttackOutcome], RunResult]:
+def security_report(limits: Limits) -> tuple[list[AttackOutcome], RunResult, bool]:
     lst = listening_socket()
     outside = str(Path(tempfile.gettempdir()) / f"outside-{os.getpid()}.txt")
     try:
@@ -885,19 +890,19 @@ def security_report(limits: Limits) -> tuple[list[AttackOutcome], RunResult]:
         lst.sock.close()
         if os.path.exists(outside):
             os.unlink(outside)
-    run, _ = runaway_test(limits)
-    return outcomes, run
+    run, started = runaway_test(Limits(timeout_s=5.0))
+    return outcomes, run, started
 
 
 def selftest() -> int:
     fails = []
     print(f"network isolation: {'unshare -rn (kernel) + audit hook' if netns_available() else 'audit hook only'}")
     limits = Limits(timeout_s=2.0, memory_bytes=512 << 20, cpu_s=10, max_output_bytes=100_000)
-    outcomes, run = security_report(limits)
+    outcomes, run, started = security_report(limits)
     print(_table(["attack", "contained", "how"], [(o.name, o.contained, o.how) for o in outcomes]))
-    print(f"runaway pytest test: killed={run.killed} after {run.wall_s:.2f}s (limit {limits.timeout_s}s)")
+    print(f"runaway pytest test (started: {started}): killed={run.killed} after {run.wall_s:.2f}s (limit 5.0s)")
     fails += [f"attack not contained: {o.name} ({o.how})" for o in outcomes if not o.contained]
-    if run.killed != "timeout" or run.wall_s > limits.timeout_s + 3:
+    if run.killed != "timeout" or run.wall_s > 5.0 + 3 or not started:
         fails.append(f"runaway test not killed at its limit: {run.killed}, {run.wall_s:.1f}s")
 
     tasks = load_quixbugs()
@@ -972,7 +977,7 @@ def full_eval(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--eval", action="store_true", help="small/full mode: every task, all policies")
-    ap.add_argument("--timeout", type=float, default=10.0, help="per pytest run (s)")
+    ap.add_argument("--timeout", type=float, default=30.0, help="per pytest run (s)")
     ap.add_argument("--llm-base-url", default=os.environ.get("OPENAI_BASE_URL"))
     ap.add_argument("--llm-model", default=os.environ.get("OPENAI_MODEL", "gpt-4o-mini"))
     ap.add_argument("--llm-tasks", type=int, default=3)

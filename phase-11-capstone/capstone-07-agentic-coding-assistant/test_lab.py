@@ -210,10 +210,11 @@ def test_every_process_level_attack_is_refused_or_killed(lab, tmp_path):
 
 
 def test_runaway_test_process_is_killed_at_its_limit(lab):
-    limits = lab.Limits(**{**FAST, "timeout_s": 2.0})
-    r, _ = lab.runaway_test(limits)
-    assert r.killed == "timeout", f"a test that spins forever must be killed by the deadline, got {r.killed}"
-    assert 1.9 <= r.wall_s <= 2.0 + 3.0, f"killed after {r.wall_s:.2f}s for a 2 s limit"
+    limits = lab.Limits(**{**FAST, "timeout_s": 6.0})
+    r, started = lab.runaway_test(limits)
+    assert started, f"pytest never reached the test within 6 s (machine overloaded?): {r.output[-300:]}"
+    assert r.killed == "timeout", f"a test that never returns must be killed by the deadline, got {r.killed}"
+    assert 5.9 <= r.wall_s <= 6.0 + 3.0, f"killed after {r.wall_s:.2f}s for a 6 s limit"
 
 
 def test_timeout_kills_the_whole_process_group(lab):
