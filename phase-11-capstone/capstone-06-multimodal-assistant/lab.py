@@ -1065,14 +1065,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="a seconds-long run into outputs/smoke")
     ap.add_argument("--full", action="store_true", help="the GPU-scale config (64x64 images, bigger ViT, long training)")
     ap.add_argument("--vision", help="'hf:<folder>' uses a pretrained CLIP/SigLIP vision tower instead of the tiny ViT")
+    ap.add_argument("--stage2", choices=("full", "lora"), help="stage 2 trains every LM weight or LoRA adapters")
+    ap.add_argument("--s2-lr", type=float, help="stage-2 learning rate")
     ap.add_argument("--out", type=Path, help="run folder (default: the cache for small mode, outputs/<mode> otherwise)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1 if not args.full else max(1, os.cpu_count() or 1))
     cfg = FULL if args.full else SMOKE if args.smoke else SMALL
     if args.vision:
         cfg = replace(cfg, vision=args.vision)
+    if args.stage2:
+        cfg = replace(cfg, stage2=args.stage2)
+    if args.s2_lr:
+        cfg = replace(cfg, s2_lr=args.s2_lr)
     t0, c0 = time.perf_counter(), time.process_time()
-    if cfg is SMALL and args.out is None:
+    if cfg == SMALL and args.out is None:
         folder = model_dir("small")
     else:
         folder = args.out or OUTPUTS / cfg.name
