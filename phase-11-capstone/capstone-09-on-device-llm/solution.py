@@ -22,8 +22,8 @@ A pure-NumPy forward pass over the GGUF tensors (llama.cpp's conventions: interl
 exported file against HF without llama.cpp, so the export is tested even where the llama.cpp wheel is
 not installed.
 
-Run:  python solution.py                 self-test: export, check, quantize, run, table (~15 s CPU)
-      python solution.py --bench         small mode: the README table on more text (~1-2 min, 2 cores)
+Run:  python solution.py                 self-test: export, check, quantize, run, table (~17 s CPU)
+      python solution.py --bench         small mode: the README table on more text (~25 s CPU)
       python solution.py --chat [--gguf F] a chat in the terminal (llama.cpp, Q8_0 by default)
       python solution.py --serve --port 8000 [--gguf F]   OpenAI-compatible server
 """
@@ -793,36 +793,41 @@ def export_all(hf_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     return files
 
 
-def rss_bytes() -> int:
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
 _RAM_PROBE = """
-import sys, psutil, llama_cpp
-p = psutil.Process(); before = p.memory_info().rss
-llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, n_batch=256, n_threads=1, verbose=False)
-llm.eval(list(range(4, 260)))
-print(before, p.memory_info().rss)
+import gc, sys, psutil, llama_cpp
+p = psutil.Process()
+
+def grow(path):
+    gc.collect()
+    before = p.memory_info().rss
+    llm = llama_cpp.Llama(model_path=path, n_ctx=256, n_batch=256, n_threads=1, verbose=False)
+    llm.eval(list(range(4, 260)))
+    after = p.memory_info().rss
+    del llm
+    return after - before
+
+print(grow(sys.argv[1]))               # warm-up: the first load also pays llama.cpp's buffers and runtime
+for path in sys.argv[1:]:
+    print(grow(path))
 """
 
 
-def ram_mib(path: str | Path) -> float:
-    """RSS growth (MiB) of a fresh process from before ``Llama(path)`` to after a 256-token evaluation:
-    the mapped weights that were touched plus llama.cpp's KV cache and compute buffers."""
+def ram_mib(paths: Sequence[str | Path]) -> tuple[float, list[float]]:
+    """RSS growth (MiB) from before ``Llama(path)`` to after a 256-token evaluation, in one fresh process:
+    ``(first load of paths[0], [each path in turn after that])``. The first load pays llama.cpp's
+    runtime, KV cache and compute buffers; later loads reuse that memory, so their growth is about the
+    weights themselves (each model is freed before the next)."""
     import subprocess
 
-    out = subprocess.run([sys.executable, "-c", _RAM_PROBE, str(path)], capture_output=True, text=True,
-                         timeout=120, check=True).stdout.split()
-    return (int(out[-1]) - int(out[-2])) / 2**20
+    out = subprocess.run([sys.executable, "-c", _RAM_PROBE, *map(str, paths)], capture_output=True, text=True,
+                         timeout=300, check=True).stdout.split()
+    vals = [int(v) / 2**20 for v in out[-len(paths) - 1:]]
+    return vals[0], vals[1:]
 
 
 def measure(path: Path, windows: list[list[int]], gen_tokens: int, n_threads: int = 1,
-            probe_ram: bool = True) -> dict[str, float]:
-    """One row of the table: file MiB, RSS growth in a fresh process (NaN unless ``probe_ram``),
-    decode tok/s, perplexity."""
-    ram = ram_mib(path) if probe_ram else float("nan")
+            ram: float = float("nan")) -> dict[str, float]:
+    """One row of the table: file MiB, RAM (``ram``, from :func:`ram_mib`), decode tok/s, perplexity."""
     llm = load_llama(path, n_threads=n_threads)
     nll, count = 0.0, 0
     for w in windows:
@@ -851,7 +856,7 @@ def hf_perplexity(model, windows: list[list[int]]) -> float:
 
 
 def format_table(rows: dict[str, dict[str, float]], hf_ppl: float, types: dict[str, dict[str, int]]) -> str:
-    lines = ["| quant | file (MiB) | RAM (MiB, fresh process) | decode tok/s | perplexity | Δ ppl vs HF fp32 | tensor types |",
+    lines = ["| quant | file (MiB) | RAM growth (MiB) | decode tok/s | perplexity | Δ ppl vs HF fp32 | tensor types |",
              "|---|---|---|---|---|---|---|"]
     for q, r in rows.items():
         tt = ", ".join(f"{k}×{v}" for k, v in types.get(q, {}).items())
@@ -866,10 +871,10 @@ def check(ok: bool, what: str, failures: list[str]) -> None:
         failures.append(what)
 
 
-def run_pipeline(n_windows: int, gen_tokens: int, n_threads: int, out_dir: Path) -> int:
+def run_pipeline(n_windows: int, gen_tokens: int, n_threads: int, out_dir: Path, hf_dir: Path | None = None) -> int:
     """Export, check against HF, quantize, run with llama.cpp, print the table; non-zero exit on a failed check."""
     seed_everything(0)
-    hf_dir = curriculum_model_path("main") / "hf"
+    hf_dir = hf_dir or curriculum_model_path("main") / "hf"
     failures: list[str] = []
     t0 = time.perf_counter()
     files = export_all(hf_dir, out_dir)
@@ -912,10 +917,13 @@ def run_pipeline(n_windows: int, gen_tokens: int, n_threads: int, out_dir: Path)
 
     windows = eval_windows(tok, n_windows)
     hf_ppl = hf_perplexity(model, windows)
-    rows = {q: measure(files[q], windows, gen_tokens, n_threads) for q in QUANTS}
+    first, per_file = ram_mib([files[q] for q in QUANTS])
+    rams = dict(zip(QUANTS, per_file))
+    rows = {q: measure(files[q], windows, gen_tokens, n_threads, rams[q]) for q in QUANTS}
     types = {q: tensor_type_counts(files[q]) for q in QUANTS}
     print(f"3. the table: {n_windows} windows x 256 tokens of TinyStories validation, HF fp32 ppl {hf_ppl:.3f}, "
-          f"decode {gen_tokens} tokens, {n_threads} thread(s):")
+          f"decode {gen_tokens} tokens, {n_threads} thread(s); RAM growth of a load after a first one "
+          f"(the first load of the F32 file grew RSS by {first:.1f} MiB: weights + llama.cpp's buffers):")
     table = format_table(rows, hf_ppl, types)
     print(table)
     (out_dir / "table.md").write_text(table + "\n", encoding="utf-8")
@@ -941,6 +949,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gguf", type=Path, default=None, help="GGUF file for --chat/--serve (default: exported Q8_0)")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--hf", type=Path, default=None, help="another HF Llama folder (full mode; default: the curriculum model)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out_dir = OUTPUTS / "gguf"
@@ -955,7 +964,7 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run(create_app(path), host="127.0.0.1", port=args.port, log_level="info")
         return 0
     if args.bench:
-        return run_pipeline(n_windows=16, gen_tokens=128, n_threads=args.threads or 2, out_dir=out_dir)
+        return run_pipeline(n_windows=16, gen_tokens=128, n_threads=args.threads or 1, out_dir=out_dir, hf_dir=args.hf)
     return run_pipeline(n_windows=2, gen_tokens=32, n_threads=args.threads or 1, out_dir=out_dir)
 
 
