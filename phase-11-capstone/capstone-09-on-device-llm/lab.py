@@ -482,12 +482,9 @@ def nll_from_logits(logits: np.ndarray, ids: Sequence[int]) -> tuple[float, int]
 def hf_model_and_tokenizer(hf_dir: str | Path):
     """``(LlamaForCausalLM in eval mode, float32, CPU; its tokenizer)``."""
     import torch
-    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(1)
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(str(hf_dir))
 
@@ -901,6 +898,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hf", type=Path, default=None, help="another HF Llama folder (full mode; default: the curriculum model)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_error()             # quiet self-test output (process-wide, so
+    transformers.utils.logging.disable_progress_bar()      # here in main, not in the library functions)
     out_dir = OUTPUTS / "gguf"
     if args.chat or args.serve:
         path = args.gguf or out_dir / "model-q8_0.gguf"
