@@ -16,8 +16,8 @@ The InstructGPT recipe at laptop scale, written from the losses up and run on th
   (repetition, length, the learned reward rising while the judge it imitates does not).
 - ``run_trl_grpo``: TRL's maintained ``GRPOTrainer`` on the same model, prompts and reward.
 
-Run: ``python solution.py`` (smoke self-test, ~15 s CPU), ``python solution.py --small`` (the README's
-runs and curves, a few minutes on 2 CPU cores), ``python solution.py --full`` (GPU scale).
+Run: ``python solution.py`` (smoke self-test, ~23 s CPU), ``python solution.py --small`` (the README's
+runs and curves, ~4 min of CPU), ``python solution.py --full`` (the spec-scale config; see the README).
 """
 from __future__ import annotations
 
