@@ -1028,7 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             failures.append("PPO's KL left 1.5× its target")
 
-    # 3. reward hacking: the same PPO with no KL anchor and a 4x step finds the judge's loophole
+    # 3. reward hacking: the same PPO with no KL anchor and a 6x step finds the judge's loophole
     #    (cheer_score counts a word every time it appears) and the check flags it
     print(f"\nPPO on the cheer judge with no KL anchor (β = 0, lr {HACK_SMOKE.lr}): the reward-hacking case")
     pol_hack, _ = load_models(mdir)
