@@ -25,19 +25,16 @@ Only the standard library is used here, so ``import labkit`` stays cheap.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
+from labkit.cache import build_once, locked
 from labkit.data import cache_dir, file_info
 from labkit.loader import REPO_ROOT
 
@@ -109,22 +106,7 @@ def cache_key(name: str = "main", root: Path = REPO_ROOT) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    import fcntl  # POSIX; imported here so that importing labkit works everywhere
-
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"[labkit] waiting for another process to finish building {lock_path.stem} ...",
-                  file=sys.stderr, flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+_locked = locked  # the name earlier labs import
 
 
 def _builder_command(name: str, out: Path, root: Path) -> list[str]:
@@ -157,28 +139,20 @@ def curriculum_model_path(name: str = "main", *, build: bool | None = None, root
     if not build:
         raise CurriculumModelError(f"curriculum model {name!r} is not built ({final} is missing) and building "
                                    f"is off (${NO_BUILD_ENV}); run `make model`")
-    with _locked(models / f".{name}.lock"):
-        if final.is_dir():  # another process built it while we waited
-            return final
-        tmp = Path(tempfile.mkdtemp(dir=models, prefix=f".{name}-{key[:16]}.", suffix=".tmp"))
-        print(f"[labkit] building curriculum model {name!r} into {final} (a few minutes, once) ...",
-              file=sys.stderr, flush=True)
+
+    def run_builder(tmp: Path) -> None:
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", MPLBACKEND="Agg")
         t0 = time.perf_counter()
-        try:
-            env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", MPLBACKEND="Agg")
-            proc = subprocess.run(_builder_command(name, tmp, root), cwd=root, env=env,
-                                  stdout=sys.stderr, stderr=sys.stderr)
-            if proc.returncode != 0:
-                raise CurriculumModelError(f"building curriculum model {name!r} failed (exit {proc.returncode}); "
-                                           f"run `python {BUILDER} --name {name} --out /tmp/x` to see why")
-            (tmp / "cache_key.txt").write_text(key + "\n", encoding="utf-8")
-            os.replace(tmp, final)  # atomic: readers see no folder or a complete one
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        proc = subprocess.run(_builder_command(name, tmp, root), cwd=root, env=env,
+                              stdout=sys.stderr, stderr=sys.stderr)
+        if proc.returncode != 0:
+            raise CurriculumModelError(f"building curriculum model {name!r} failed (exit {proc.returncode}); "
+                                       f"run `python {BUILDER} --name {name} --out /tmp/x` to see why")
         print(f"[labkit] curriculum model {name!r} built in {time.perf_counter() - t0:.0f} s",
               file=sys.stderr, flush=True)
-    return final
+
+    return build_once(final, run_builder, key=key, lock=models / f".{name}.lock",
+                      message=f"[labkit] building curriculum model {name!r} into {final} (a few minutes, once) ...")
 
 
 def main(argv: list[str] | None = None) -> int:

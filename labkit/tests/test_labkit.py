@@ -156,3 +156,36 @@ def test_selftest_runs_labs_in_parallel_and_reports_in_order(tmp_path, monkeypat
     assert "selftest: 2 passed, 1 failed" in out
     with pytest.raises(ValueError):
         runner.selftest([str(phase)], jobs=0)
+
+
+# ---------------------------------------------------------------------------- labkit.cache.build_once
+def test_build_once_builds_once_and_keeps_nothing_from_a_failed_build(tmp_path):
+    from labkit.cache import build_once
+
+    calls = []
+
+    def build(tmp):
+        calls.append(tmp)
+        (tmp / "run.json").write_text("{}")
+
+    final = tmp_path / "models" / "thing-0123456789abcdef"
+    assert build_once(final, build, key="0123456789abcdef" * 4, ready="run.json") == final
+    assert build_once(final, build, ready="run.json") == final
+    assert len(calls) == 1, "a complete folder must be reused, not rebuilt"
+    assert (final / "cache_key.txt").read_text().strip() == "0123456789abcdef" * 4
+    assert not calls[0].exists(), "the temporary folder was renamed into place"
+
+    def broken(tmp):
+        (tmp / "half.bin").write_text("x")
+        raise RuntimeError("boom")
+
+    other = tmp_path / "models" / "other-0123456789abcdef"
+    with pytest.raises(RuntimeError, match="boom"):
+        build_once(other, broken)
+    assert not other.exists()
+    assert [p.name for p in other.parent.iterdir() if p.name.endswith(".tmp")] == [], "no temporary folder is left"
+
+    stale = tmp_path / "models" / "stale-0123456789abcdef"
+    stale.mkdir()  # a folder without its ready marker is incomplete: rebuilt and replaced
+    build_once(stale, build, ready="run.json")
+    assert (stale / "run.json").is_file() and len(calls) == 2
