@@ -51,7 +51,6 @@ import re
 import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -952,7 +951,7 @@ def cache_key(cfg: AssistantConfig) -> str:
 def assistant_dir(name: str = "mini") -> Path:
     """The cached run of config ``name`` (``.cache/models/capstone04-<name>-<key16>/``), built on first use
     under an ``fcntl`` lock into a temporary folder that is renamed into place (a crash leaves no half run)."""
-    from labkit.curriculum import _locked
+    from labkit.cache import build_once
     from labkit.data import cache_dir
 
     if name not in CONFIGS:
@@ -960,25 +959,9 @@ def assistant_dir(name: str = "mini") -> Path:
     cfg = CONFIGS[name]
     key = cache_key(cfg)
     models = cache_dir() / "models"
-    models.mkdir(parents=True, exist_ok=True)
     final = models / f"capstone04-{name}-{key[:16]}"
-    if (final / "run.json").is_file():
-        return final
-    with _locked(models / ".capstone04.lock"):
-        if (final / "run.json").is_file():
-            return final
-        tmp = Path(tempfile.mkdtemp(dir=models, prefix=f".capstone04-{name}-", suffix=".tmp"))
-        try:
-            print(f"[capstone 4] building the {name} run into {final} (once) ...", file=sys.stderr, flush=True)
-            build_assistant(cfg, tmp)
-            (tmp / "cache_key.txt").write_text(key + "\n", encoding="utf-8")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(final, lambda tmp: build_assistant(cfg, tmp), key=key, ready="run.json",
+                      message=f"[capstone 4] building the {name} run into {final} (once) ...")
 
 
 def load_run(folder: str | os.PathLike) -> dict:

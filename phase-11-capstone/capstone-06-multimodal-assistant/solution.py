@@ -36,7 +36,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
@@ -951,7 +950,7 @@ def cache_key(cfg: Config) -> str:
 def model_dir(name: str = "small") -> Path:
     """The cached run of config ``name`` (``.cache/models/capstone06-<name>-<key16>/``), built once under
     an ``fcntl`` lock into a temporary folder renamed into place (a crash leaves no half run)."""
-    from labkit.curriculum import _locked
+    from labkit.cache import build_once
     from labkit.data import cache_dir
 
     if name not in CONFIGS:
@@ -959,25 +958,9 @@ def model_dir(name: str = "small") -> Path:
     cfg = CONFIGS[name]
     key = cache_key(cfg)
     models = cache_dir() / "models"
-    models.mkdir(parents=True, exist_ok=True)
     final = models / f"capstone06-{name}-{key[:16]}"
-    if (final / "run.json").is_file():
-        return final
-    with _locked(models / ".capstone06.lock"):
-        if (final / "run.json").is_file():
-            return final
-        tmp = Path(tempfile.mkdtemp(dir=models, prefix=f".capstone06-{name}-", suffix=".tmp"))
-        try:
-            print(f"[capstone 6] training the {name} model into {final} (once) ...", file=sys.stderr, flush=True)
-            train_all(cfg, tmp)
-            (tmp / "cache_key.txt").write_text(key + "\n", encoding="utf-8")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(final, lambda tmp: train_all(cfg, tmp), key=key, ready="run.json",
+                      message=f"[capstone 6] training the {name} model into {final} (once) ...")
 
 
 # ============================================================================ reporting

@@ -566,17 +566,12 @@ def learned_reward_model(model_dir: Path, tokenizer: Any, cfg: dict = RM_CONFIG)
     """The reward model, trained once per checkout and cached in ``.cache/models/cap08-rm-<key16>/``
     (keyed on this file, lab 6.4's solution, the config and the base model), built in a temporary
     folder and renamed into place under a file lock. Returns ``(RewardModel in eval mode, metrics)``."""
-    from labkit.curriculum import _locked
-    from labkit.loader import REPO_ROOT
+    from labkit.cache import build_once
+    from labkit.data import cache_dir
 
-    root = REPO_ROOT / ".cache" / "models"
-    final = root / f"cap08-rm-{_rm_key(model_dir, cfg)}"
-    with _locked(root / f"{final.name}.lock"):
-        if not (final / "rm.pt").is_file():
-            print(f"[capstone 8] training the reward model once -> {final}", file=sys.stderr, flush=True)
-            tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-cap08-rm-"))
-            build_reward_model(model_dir, tokenizer, tmp, cfg)
-            tmp.rename(final)
+    final = build_once(cache_dir() / "models" / f"cap08-rm-{_rm_key(model_dir, cfg)}",
+                       lambda tmp: build_reward_model(model_dir, tokenizer, tmp, cfg), ready="rm.pt",
+                       message="[capstone 8] training the reward model once")
     rm = _lab().RewardModel.from_pretrained(model_dir)
     rm.load_state_dict(torch.load(final / "rm.pt", map_location="cpu", weights_only=True))
     return rm.eval(), json.loads((final / "metrics.json").read_text())
